@@ -1,0 +1,148 @@
+"""Every metric the exporter exposes: name, type, help text and labels.
+
+This module is the single source of truth for the exposition; the collector,
+the README's metrics table (a test compares them), the alert rules and the
+dashboards all use these names. Change them only on purpose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CACHED = " Cached from the background scheduler; a scrape never triggers a probe."
+
+# Labels every per-target series carries.
+TARGET_LABELS = ("group", "target", "route")
+
+PHASES = ("resolve", "connect", "proxy_connect", "tls", "processing", "transfer")
+
+# Buckets of defender_probe_latency_seconds: 5 ms to 30 s.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Buckets of defender_exporter_scheduler_lag_seconds.
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    type: str  # gauge | counter | histogram
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+def _spec(name: str, type_: str, help_: str, labels: tuple[str, ...] = ()) -> MetricSpec:
+    return MetricSpec(name, type_, help_, labels)
+
+
+# --- per target -------------------------------------------------------------
+TARGET_INFO = _spec(
+    "defender_target_info", "gauge",
+    "A probed target: the published catalogue entry (pattern) it stands for and its port.",
+    TARGET_LABELS + ("pattern", "port"))
+PROBE_SUCCESS = _spec(
+    "defender_probe_success", "gauge",
+    "1 if the endpoint answered over a connection valid against the trust store (chain, dates, name)."
+    + CACHED, TARGET_LABELS)
+PROBE_DURATION = _spec(
+    "defender_probe_duration_seconds", "gauge",
+    "Wall time of the last probe." + CACHED, TARGET_LABELS)
+PROBE_PHASE_DURATION = _spec(
+    "defender_probe_phase_duration_seconds", "gauge",
+    "Wall time of each phase of the last probe (resolve, connect, proxy_connect, tls, processing, transfer)."
+    + CACHED, TARGET_LABELS + ("phase",))
+PROBE_HTTP_STATUS = _spec(
+    "defender_probe_http_status_code", "gauge",
+    "HTTP status code of the last answer from the endpoint, 0 if none." + CACHED, TARGET_LABELS)
+PROBE_FAILURE_REASON = _spec(
+    "defender_probe_failure_reason", "gauge",
+    "1 with the reason of the last probe while it failed; absent while it succeeds." + CACHED,
+    TARGET_LABELS + ("reason",))
+PROBE_LAST_RUN = _spec(
+    "defender_probe_last_run_timestamp_seconds", "gauge",
+    "Unix time the last probe of this target finished.", TARGET_LABELS)
+PROBES_TOTAL = _spec(
+    "defender_probes_total", "counter",
+    "Probes run since the exporter started, by result.", TARGET_LABELS + ("result",))
+PROBE_LATENCY = _spec(
+    "defender_probe_latency_seconds", "histogram",
+    "Wall time of every probe since the exporter started.", TARGET_LABELS)
+
+TLS_VERSION_INFO = _spec(
+    "defender_tls_version_info", "gauge", "TLS version negotiated by the last probe." + CACHED,
+    TARGET_LABELS + ("version",))
+TLS_CIPHER_INFO = _spec(
+    "defender_tls_cipher_info", "gauge", "TLS cipher negotiated by the last probe." + CACHED,
+    TARGET_LABELS + ("cipher",))
+TLS_CERT_NOT_AFTER = _spec(
+    "defender_tls_cert_not_after_timestamp_seconds", "gauge",
+    "notAfter of each certificate the server presented (depth 0 = leaf), verified or not." + CACHED,
+    TARGET_LABELS + ("depth", "subject", "issuer", "serial", "fingerprint_sha256"))
+TLS_CHAIN_VERIFIED = _spec(
+    "defender_tls_chain_verified", "gauge",
+    "1 if the presented chain verifies to a trust anchor for the host name at probe time." + CACHED,
+    TARGET_LABELS)
+TLS_CERT_REVOKED = _spec(
+    "defender_tls_cert_revoked", "gauge",
+    "1 if a certificate of the chain is listed on its issuer's CRL." + CACHED, TARGET_LABELS)
+TLS_INTERCEPTED = _spec(
+    "defender_tls_intercepted", "gauge",
+    "1 if the chain ends at a root outside the group's expected_roots (TLS inspection)." + CACHED,
+    TARGET_LABELS)
+
+# --- MAPS verdict -----------------------------------------------------------
+MAPS_CONNECTION_VALID = _spec(
+    "defender_maps_connection_valid", "gauge",
+    "1 if a MAPS connection validates the way MpCmdRun -ValidateMapsConnection does." + CACHED,
+    TARGET_LABELS + ("source",))
+MAPS_VALIDATION_INFO = _spec(
+    "defender_maps_validation_info", "gauge",
+    "1 while MAPS validation fails, with the hresult MpCmdRun would print, the cause and the reason."
+    + CACHED, TARGET_LABELS + ("source", "hresult", "cause", "reason"))
+
+# --- CRLs ---------------------------------------------------------------------
+CRL_REACHABLE = _spec(
+    "defender_crl_reachable", "gauge",
+    "1 if the CRL distribution point answered on the route at the last check." + CACHED,
+    ("url", "route"))
+CRL_FETCH_DURATION = _spec(
+    "defender_crl_fetch_duration_seconds", "gauge",
+    "Wall time of the last request to the CRL distribution point." + CACHED, ("url", "route"))
+CRL_THIS_UPDATE = _spec(
+    "defender_crl_this_update_timestamp_seconds", "gauge", "thisUpdate of the cached CRL.",
+    ("url", "issuer"))
+CRL_NEXT_UPDATE = _spec(
+    "defender_crl_next_update_timestamp_seconds", "gauge", "nextUpdate of the cached CRL.",
+    ("url", "issuer"))
+CRL_VALID = _spec(
+    "defender_crl_valid", "gauge",
+    "1 if the cached CRL parses, is signed by its issuer and is not past nextUpdate.", ("url",))
+CRL_SIZE = _spec("defender_crl_size_bytes", "gauge", "Size of the cached CRL.", ("url",))
+
+# --- host side (optional collectors) -----------------------------------------
+HOST_WINHTTP_PROXY_CONFIGURED = _spec(
+    "defender_host_winhttp_proxy_configured", "gauge",
+    "1 if `netsh winhttp show proxy` shows a system-wide WinHTTP proxy.", ())
+HOST_SSL_OPTIONS = _spec(
+    "defender_host_ssl_options", "gauge",
+    "The Spynet SSLOptions registry value (3 = pinning and revocation checks on).", ())
+HOST_SIGNATURE_AGE = _spec(
+    "defender_host_signature_age_days", "gauge",
+    "Age of the installed security intelligence in days (AntivirusSignatureAge).", ())
+
+# --- the exporter itself -------------------------------------------------------
+BUILD_INFO = _spec(
+    "defender_exporter_build_info", "gauge", "Build of the exporter.", ("version", "python_version"))
+EXPORTER_TARGETS = _spec(
+    "defender_exporter_targets", "gauge", "Probe jobs (target x route) configured, per group.",
+    ("group",))
+SCHEDULER_LAG = _spec(
+    "defender_exporter_scheduler_lag_seconds", "histogram",
+    "How late probes start after their slot in the interval (the first round is not counted).")
+CONFIG_RELOAD_SUCCESSFUL = _spec(
+    "defender_exporter_config_last_reload_successful", "gauge",
+    "1 if the last configuration load or reload succeeded.")
+CONFIG_RELOAD_TIMESTAMP = _spec(
+    "defender_exporter_config_last_reload_success_timestamp_seconds", "gauge",
+    "Unix time of the last successful configuration load or reload.")
+
+ALL: tuple[MetricSpec, ...] = tuple(v for v in globals().values() if isinstance(v, MetricSpec))
