@@ -1,0 +1,539 @@
+"""Load and validate the configuration once, into frozen dataclasses.
+
+Every error names the file, the key path and what was expected, e.g.
+
+    config.yml: groups.maps.interval: expected a duration such as 30s or 5m, got 'soon'
+
+The built-in catalogue (catalogue.yaml) goes through the same validation as
+the `groups:` key of a user's file, so the two can never disagree on shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import unquote, urlsplit
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+DEFAULT_INTERVAL = 60.0
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_CONCURRENCY = 64
+DEFAULT_ROUTES = ("defender", "system")
+# Groups whose legitimate chains are pinned to the bundled roots by default.
+PINNED_GROUPS = ("maps", "submission")
+SSL_OPTIONS_DEFAULT = 3  # Spynet SSLOptions: pinning and revocation checks on
+
+
+class ConfigError(Exception):
+    """A configuration problem: where it is and what was expected."""
+
+    def __init__(self, source: str, key_path: str, message: str):
+        self.source = source
+        self.key_path = key_path
+        self.message = message
+        where = f"{source}: {key_path}: " if key_path else f"{source}: "
+        super().__init__(where + message)
+
+
+# --------------------------------------------------------------------------- types
+
+
+@dataclass(frozen=True)
+class ProxyURL:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def redacted(self) -> str:
+        """The URL as it may appear in logs, metrics and pages: never the password."""
+        auth = f"{self.username}:<redacted>@" if self.username is not None else ""
+        return f"http://{auth}{_host_for_url(self.host)}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.redacted()
+
+
+@dataclass(frozen=True)
+class Route:
+    """A named network path: direct (proxy None) or through an HTTP proxy."""
+
+    name: str
+    proxy: ProxyURL | None = None
+
+
+@dataclass(frozen=True)
+class ConnectTo:
+    """curl's --connect-to: HOST:PORT:ADDR:PORT; empty fields mean any / same."""
+
+    from_host: str  # "" = any host
+    from_port: int | None  # None = any port
+    to_host: str  # "" = same host
+    to_port: int | None  # None = same port
+
+    def matches(self, host: str, port: int) -> bool:
+        return (not self.from_host or self.from_host.lower() == host.lower()) and (
+            self.from_port is None or self.from_port == port
+        )
+
+    def apply(self, host: str, port: int) -> tuple[str, int]:
+        return (self.to_host or host, self.to_port if self.to_port is not None else port)
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    pattern: str
+    scheme: str  # http | https
+    host: str
+    port: int
+    request_target: str  # path and query, as sent in the request line
+
+    @property
+    def authority(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        host = _host_for_url(self.host)
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    description: str
+    routes: tuple[str, ...]
+    interval: float
+    timeout: float
+    targets: tuple[Target, ...]
+    # SHA-256 fingerprints of the roots legitimate chains must end at; empty = no pinning.
+    expected_roots: frozenset[bytes] = frozenset()
+    validate_maps: bool = False
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    ca_file: str | None = None
+    ssl_options: int = SSL_OPTIONS_DEFAULT
+
+    @property
+    def pinning(self) -> bool:
+        return self.ssl_options in (2, 3)
+
+    @property
+    def revocation(self) -> bool:
+        return self.ssl_options in (1, 3)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps that keep a hostile or broken peer from costing memory."""
+
+    header_bytes: int = 32 * 1024
+    body_bytes: int = 64 * 1024
+    crl_bytes: int = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ProbeJob:
+    """One unit of scheduling: a target probed over one route."""
+
+    group: Group
+    target: Target
+    route: Route
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.group.name, self.target.url, self.route.name)
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    interval: float
+    timeout: float
+    concurrency: int
+    routes: Mapping[str, Route]
+    connect_to: tuple[ConnectTo, ...]
+    tls: TLSConfig
+    limits: Limits
+    groups: tuple[Group, ...]
+
+    def jobs(self) -> list[ProbeJob]:
+        return [
+            ProbeJob(group, target, self.routes[route])
+            for group in self.groups
+            for target in group.targets
+            for route in group.routes
+        ]
+
+    def group(self, name: str) -> Group | None:
+        return next((g for g in self.groups if g.name == name), None)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Validate the file at `path` (None: the built-in catalogue with defaults)."""
+    if path is None:
+        return _build({}, "<built-in>")
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(source, "", "not UTF-8 text") from None
+    return parse_config(text, source)
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, "", f"invalid YAML: {where}{problem}") from None
+    if data is None:
+        data = {}
+    return _build(data, source)
+
+
+def builtin_catalogue() -> dict[str, Any]:
+    text = resources.files("exporter").joinpath("catalogue.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def bundled_root_pems() -> list[bytes]:
+    folder = resources.files("exporter").joinpath("roots")
+    return [f.read_bytes() for f in sorted(folder.iterdir(), key=lambda f: f.name) if f.name.endswith(".pem")]
+
+
+def bundled_root_fingerprints() -> frozenset[bytes]:
+    out = set()
+    for pem in bundled_root_pems():
+        cert = x509.load_pem_x509_certificate(pem)
+        out.add(hashlib.sha256(cert.public_bytes(Encoding.DER)).digest())
+    return frozenset(out)
+
+
+# --------------------------------------------------------------------------- validation
+
+_TOP_KEYS = {"interval", "timeout", "concurrency", "routes", "connect_to", "tls", "limits", "groups"}
+_GROUP_KEYS = {"description", "route", "interval", "timeout", "enabled", "targets", "expected_roots", "validate_maps"}
+_DURATION_RE = re.compile(
+    r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$"
+)
+_DURATION_UNITS = (365 * 86400, 7 * 86400, 86400, 3600, 60, 1, 0.001)
+
+
+class _Checker:
+    """Typed accessors that raise ConfigError with the key path."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, path: str, message: str) -> ConfigError:
+        return ConfigError(self.source, path, message)
+
+    def mapping(self, value: Any, path: str, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(path or "(top level)", f"expected a mapping, got {_describe(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                raise self.fail(path or "(top level)", f"keys must be strings, got {_describe(key)}")
+            if key not in allowed:
+                where = f"{path}.{key}" if path else key
+                raise self.fail(where, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+        return value
+
+    def duration(self, value: Any, path: str) -> float:
+        match = _DURATION_RE.match(value) if isinstance(value, str) and value else None
+        if not match:
+            raise self.fail(path, f"expected a duration such as 30s or 5m, got {_describe(value)}")
+        seconds = sum(int(n) * unit for n, unit in zip(match.groups(), _DURATION_UNITS) if n)
+        if seconds <= 0:
+            raise self.fail(path, f"expected a duration above zero, got {value!r}")
+        return float(seconds)
+
+    def integer(self, value: Any, path: str, lo: int, hi: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise self.fail(path, f"expected a whole number from {lo} to {hi}, got {_describe(value)}")
+        return value
+
+    def boolean(self, value: Any, path: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(path, f"expected true or false, got {_describe(value)}")
+        return value
+
+    def string(self, value: Any, path: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(path, f"expected a non-empty string, got {_describe(value)}")
+        return value
+
+    def listing(self, value: Any, path: str) -> list[Any]:
+        if not isinstance(value, list):
+            raise self.fail(path, f"expected a list, got {_describe(value)}")
+        return value
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return repr(shown)
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _build(data: Any, source: str) -> Config:
+    check = _Checker(source)
+    top = check.mapping(data, "", _TOP_KEYS)
+
+    interval = check.duration(top["interval"], "interval") if "interval" in top else DEFAULT_INTERVAL
+    timeout = check.duration(top["timeout"], "timeout") if "timeout" in top else min(DEFAULT_TIMEOUT, interval)
+    if timeout > interval:
+        raise check.fail("timeout", f"must not exceed interval ({top.get('interval', '60s')})")
+    concurrency = (
+        check.integer(top["concurrency"], "concurrency", 1, 100_000) if "concurrency" in top else DEFAULT_CONCURRENCY
+    )
+    routes = _routes(check, top.get("routes"))
+    connect_to = tuple(
+        _connect_to(check, item, f"connect_to[{i}]")
+        for i, item in enumerate(check.listing(top.get("connect_to", []) or [], "connect_to"))
+    )
+    tls = _tls(check, top.get("tls"))
+    limits = _limits(check, top.get("limits"))
+
+    catalogue = builtin_catalogue()["groups"]
+    user_groups = top.get("groups") or {}
+    if not isinstance(user_groups, dict):
+        raise check.fail("groups", f"expected a mapping of group names, got {_describe(user_groups)}")
+    groups = []
+    for name in list(catalogue) + [n for n in user_groups if n not in catalogue]:
+        base = catalogue.get(name, {})
+        override = user_groups.get(name)
+        path = f"groups.{name}"
+        if override is not None:
+            check.mapping(override, path, _GROUP_KEYS)
+        elif name in user_groups:  # `maps:` with nothing under it
+            override = {}
+        merged = {**base, **(override or {})}
+        if name not in catalogue and "targets" not in merged:
+            raise check.fail(path, "a new group needs `targets`")
+        group = _group(check, name, merged, path, interval, timeout, routes)
+        if group is not None:
+            groups.append(group)
+    return Config(
+        source=source, interval=interval, timeout=timeout, concurrency=concurrency, routes=routes,
+        connect_to=connect_to, tls=tls, limits=limits, groups=tuple(groups),
+    )
+
+
+def _routes(check: _Checker, value: Any) -> dict[str, Route]:
+    routes = {name: Route(name) for name in DEFAULT_ROUTES}
+    if value is None:
+        return routes
+    if not isinstance(value, dict):
+        raise check.fail("routes", f"expected a mapping of route names, got {_describe(value)}")
+    for name, spec in value.items():
+        path = f"routes.{name}"
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name):
+            raise check.fail(path, "route names are letters, digits, '_', '.', '-'")
+        spec = {} if spec is None else check.mapping(spec, path, {"proxy"})
+        proxy = spec.get("proxy")
+        routes[name] = Route(name, None if proxy is None else _proxy(check, proxy, f"{path}.proxy"))
+    return routes
+
+
+def _proxy(check: _Checker, value: Any, path: str) -> ProxyURL:
+    expected = "expected a proxy URL http://[user:pass@]host:port"
+    if not isinstance(value, str):
+        raise check.fail(path, f"{expected}, got {_describe(value)}")
+    # Never echo the value back: it may hold a password.
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise check.fail(path, f"{expected} (the port is not a number from 1 to 65535)") from None
+    if parts.scheme != "http":
+        raise check.fail(path, f"{expected}; only http:// proxies are supported")
+    if not parts.hostname or port is None:
+        raise check.fail(path, f"{expected}; host and port are required")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise check.fail(path, f"{expected}; no path or query")
+    user = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    return ProxyURL(parts.hostname, port, user, password)
+
+
+def _connect_to(check: _Checker, value: Any, path: str) -> ConnectTo:
+    expected = "expected HOST:PORT:ADDR:PORT (curl's --connect-to; empty fields mean any/same)"
+    if not isinstance(value, str):
+        raise check.fail(path, f"{expected}, got {_describe(value)}")
+    # IPv6 addresses are written in brackets, so split on colons outside them.
+    fields = re.findall(r"(\[[^\]]*\]|[^:]*)(?::|$)", value)[:-1] if value else []
+    if len(fields) != 4:
+        raise check.fail(path, f"{expected}, got {value!r}")
+    from_host, from_port, to_host, to_port = fields
+
+    def port(text: str) -> int | None:
+        if text == "":
+            return None
+        if not text.isdigit() or not 0 < int(text) < 65536:
+            raise check.fail(path, f"{expected}; {text!r} is not a port")
+        return int(text)
+
+    return ConnectTo(from_host.strip("[]"), port(from_port), to_host.strip("[]"), port(to_port))
+
+
+def _tls(check: _Checker, value: Any) -> TLSConfig:
+    if value is None:
+        return TLSConfig()
+    spec = check.mapping(value, "tls", {"ca_file", "ssl_options"})
+    ca_file = None
+    if spec.get("ca_file") is not None:
+        ca_file = check.string(spec["ca_file"], "tls.ca_file")
+        try:
+            pems = x509.load_pem_x509_certificates(Path(ca_file).read_bytes())
+        except OSError as exc:
+            raise check.fail("tls.ca_file", f"cannot read {ca_file}: {exc.strerror or exc}") from None
+        except ValueError:
+            raise check.fail("tls.ca_file", f"{ca_file} holds no PEM certificate") from None
+        if not pems:
+            raise check.fail("tls.ca_file", f"{ca_file} holds no PEM certificate")
+    ssl_options = SSL_OPTIONS_DEFAULT
+    if "ssl_options" in spec:
+        ssl_options = check.integer(spec["ssl_options"], "tls.ssl_options", 0, 3)
+    return TLSConfig(ca_file, ssl_options)
+
+
+def _limits(check: _Checker, value: Any) -> Limits:
+    if value is None:
+        return Limits()
+    spec = check.mapping(value, "limits", {"header_bytes", "body_bytes", "crl_bytes"})
+    defaults = Limits()
+    return Limits(
+        header_bytes=check.integer(spec.get("header_bytes", defaults.header_bytes), "limits.header_bytes", 1024, 1 << 20),
+        body_bytes=check.integer(spec.get("body_bytes", defaults.body_bytes), "limits.body_bytes", 0, 16 << 20),
+        crl_bytes=check.integer(spec.get("crl_bytes", defaults.crl_bytes), "limits.crl_bytes", 1024, 256 << 20),
+    )
+
+
+def _group(
+    check: _Checker, name: str, spec: dict[str, Any], path: str,
+    interval: float, timeout: float, routes: Mapping[str, Route],
+) -> Group | None:
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise check.fail(path, "group names are lower-case letters, digits and '_'")
+    if not check.boolean(spec.get("enabled", True), f"{path}.enabled"):
+        return None
+    description = spec.get("description", "")
+    if not isinstance(description, str):
+        raise check.fail(f"{path}.description", f"expected a string, got {_describe(description)}")
+    route_value = spec.get("route", "defender")
+    names = [route_value] if isinstance(route_value, str) else route_value
+    if not isinstance(names, list) or not names:
+        raise check.fail(f"{path}.route", f"expected a route name or a list of them, got {_describe(route_value)}")
+    for i, rname in enumerate(names):
+        if rname not in routes:
+            where = f"{path}.route" if isinstance(route_value, str) else f"{path}.route[{i}]"
+            raise check.fail(where, f"unknown route {rname!r} (defined: {', '.join(sorted(routes))})")
+    if len(set(names)) != len(names):
+        raise check.fail(f"{path}.route", "a route is named twice")
+    g_interval = check.duration(spec["interval"], f"{path}.interval") if "interval" in spec else interval
+    g_timeout = check.duration(spec["timeout"], f"{path}.timeout") if "timeout" in spec else min(timeout, g_interval)
+    if g_timeout > g_interval:
+        raise check.fail(f"{path}.timeout", "must not exceed the group's interval")
+
+    targets_value = check.listing(spec.get("targets"), f"{path}.targets")
+    targets = []
+    seen = set()
+    for i, item in enumerate(targets_value):
+        target = _target(check, item, f"{path}.targets[{i}]")
+        if target.url in seen:
+            raise check.fail(f"{path}.targets[{i}]", f"{target.url} is listed twice")
+        seen.add(target.url)
+        targets.append(target)
+
+    if "expected_roots" in spec and spec["expected_roots"] is not None:
+        roots = frozenset(
+            _fingerprint(check, fp, f"{path}.expected_roots[{i}]")
+            for i, fp in enumerate(check.listing(spec["expected_roots"], f"{path}.expected_roots"))
+        )
+    elif name in PINNED_GROUPS:
+        roots = bundled_root_fingerprints()
+    else:
+        roots = frozenset()
+    validate_maps = check.boolean(spec.get("validate_maps", name == "maps"), f"{path}.validate_maps")
+    return Group(name, description, tuple(names), g_interval, g_timeout, tuple(targets), roots, validate_maps)
+
+
+def _target(check: _Checker, item: Any, path: str) -> Target:
+    if isinstance(item, str):
+        url, pattern = item, None
+    else:
+        spec = check.mapping(item, path, {"url", "pattern"})
+        if "url" not in spec:
+            raise check.fail(path, "a target needs `url`")
+        url, pattern = spec["url"], spec.get("pattern")
+        if pattern is not None:
+            pattern = check.string(pattern, f"{path}.pattern")
+    url_path = f"{path}.url" if not isinstance(item, str) else path
+    url = check.string(url, url_path)
+    expected = "expected an http:// or https:// URL with a host name"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise check.fail(url_path, f"{expected}; the port is not a number from 1 to 65535 in {url!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise check.fail(url_path, f"{expected}, got {url!r}")
+    if parts.username is not None or parts.password is not None:
+        raise check.fail(url_path, "targets must not carry credentials")
+    if parts.fragment:
+        raise check.fail(url_path, f"{expected}; no #fragment")
+    host = parts.hostname
+    if not _valid_host(host):
+        raise check.fail(url_path, f"{host!r} is not a valid host name")
+    port = port or (443 if parts.scheme == "https" else 80)
+    request_target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return Target(url, pattern or url, parts.scheme, host, port, request_target)
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    return len(host) <= 253 and all(
+        re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?", label) for label in host.rstrip(".").split(".")
+    )
+
+
+def _fingerprint(check: _Checker, value: Any, path: str) -> bytes:
+    text = value.replace(":", "").strip() if isinstance(value, str) else ""
+    if not re.fullmatch(r"[0-9A-Fa-f]{64}", text):
+        raise check.fail(path, f"expected a SHA-256 fingerprint (64 hex digits, colons allowed), got {_describe(value)}")
+    return bytes.fromhex(text)
+
+
+def _host_for_url(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

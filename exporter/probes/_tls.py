@@ -1,0 +1,297 @@
+"""TLS helpers shared by the probers: trust store, chain capture, verification.
+
+The handshake itself is made without verification, so that the presented
+chain can be reported even when it is bad; the chain is then verified here
+with cryptography's X.509 verifier, which returns the path it built. Failures
+are told apart (expired, not yet valid, wrong name, untrusted) by re-trying the
+verification with one condition relaxed at a time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import ssl
+import time
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtensionOID
+from cryptography.x509.verification import (
+    Criticality,
+    DNSName,
+    ExtensionPolicy,
+    IPAddress,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
+
+from ..config import bundled_root_pems
+from ..reasons import Reason
+from .result import CertFacts, TLSFacts
+
+_FACTS_CACHE_SIZE = 8192
+
+
+def client_context() -> ssl.SSLContext:
+    """A context that completes the handshake whatever the chain, so we can inspect it."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def presented_chain(ssl_object: ssl.SSLObject) -> list[bytes]:
+    """The peer's chain as sent, leaf first, in DER.
+
+    Python 3.13 made this public; 3.11 and 3.12 have it on the private
+    `_sslobj`. This is the one place that knows.
+    """
+    getter = getattr(ssl_object, "get_unverified_chain", None)
+    if getter is None:
+        sslobj = getattr(ssl_object, "_sslobj", None)
+        getter = getattr(sslobj, "get_unverified_chain", None)
+    if getter is None:  # pragma: no cover - only on an unknown Python
+        leaf = ssl_object.getpeercert(binary_form=True)
+        return [leaf] if leaf else []
+    chain = getter() or []
+    return [c if isinstance(c, bytes) else c.public_bytes(ssl.ENCODING_DER) for c in chain]
+
+
+# --------------------------------------------------------------------- certificate facts
+
+_facts_cache: OrderedDict[bytes, CertFacts | None] = OrderedDict()
+
+
+def cert_facts(der: bytes) -> CertFacts | None:
+    """Facts of one DER certificate (None if it does not parse); cached, since
+    the same chain comes back on every probe of a target."""
+    cached = _facts_cache.get(der, False)
+    if cached is not False:
+        _facts_cache.move_to_end(der)
+        return cached
+    facts = _parse_facts(der)
+    _facts_cache[der] = facts
+    if len(_facts_cache) > _FACTS_CACHE_SIZE:
+        _facts_cache.popitem(last=False)
+    return facts
+
+
+def _parse_facts(der: bytes) -> CertFacts | None:
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        subject = cert.subject.rfc4514_string()
+        issuer = cert.issuer.rfc4514_string()
+        not_before = cert.not_valid_before_utc.timestamp()
+        not_after = cert.not_valid_after_utc.timestamp()
+        serial = format(cert.serial_number, "X")
+    except Exception:  # noqa: BLE001 - any malformed field means "unparseable"
+        return None
+    return CertFacts(
+        der=der,
+        subject=subject,
+        issuer=issuer,
+        serial=serial,
+        fingerprint_sha256=hashlib.sha256(der).hexdigest(),
+        not_before=not_before,
+        not_after=not_after,
+        crl_urls=_crl_urls(cert),
+        ca_issuers_urls=_ca_issuers_urls(cert),
+        is_ca=_is_ca(cert),
+        self_signed=cert.subject == cert.issuer,
+    )
+
+
+def _extension(cert: x509.Certificate, oid: x509.ObjectIdentifier):
+    try:
+        return cert.extensions.get_extension_for_oid(oid).value
+    except Exception:  # noqa: BLE001 - absent or malformed: treat as absent
+        return None
+
+
+def _crl_urls(cert: x509.Certificate) -> tuple[str, ...]:
+    points = _extension(cert, ExtensionOID.CRL_DISTRIBUTION_POINTS) or []
+    urls = []
+    for point in points:
+        for name in point.full_name or []:
+            if isinstance(name, x509.UniformResourceIdentifier):
+                urls.append(name.value)
+    return tuple(urls)
+
+
+def _ca_issuers_urls(cert: x509.Certificate) -> tuple[str, ...]:
+    access = _extension(cert, ExtensionOID.AUTHORITY_INFORMATION_ACCESS) or []
+    return tuple(
+        d.access_location.value
+        for d in access
+        if d.access_method == x509.oid.AuthorityInformationAccessOID.CA_ISSUERS
+        and isinstance(d.access_location, x509.UniformResourceIdentifier)
+    )
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    constraints = _extension(cert, ExtensionOID.BASIC_CONSTRAINTS)
+    return bool(constraints and constraints.ca)
+
+
+# --------------------------------------------------------------------- trust and verification
+
+
+@dataclass(frozen=True)
+class ChainVerdict:
+    verified_path: tuple[CertFacts, ...]
+    reason: Reason | None
+    error: str
+
+
+class TrustStore:
+    """Bundled Microsoft/DigiCert roots + the system store + the user's ca_file."""
+
+    def __init__(self, *, ca_file: str | None = None, system: bool = True):
+        pems = list(bundled_root_pems())
+        if system:
+            cafile = ssl.get_default_verify_paths().cafile
+            if cafile and Path(cafile).is_file():
+                pems.append(Path(cafile).read_bytes())
+        if ca_file:
+            pems.append(Path(ca_file).read_bytes())
+        certs: dict[bytes, x509.Certificate] = {}
+        for pem in pems:
+            for cert in _load_pems(pem):
+                certs[cert.fingerprint(hashes.SHA256())] = cert
+        self.anchors = tuple(certs.values())
+        self._store = Store(list(self.anchors))
+        # Windows' chain engine, which the endpoints are built for, does not
+        # require an authorityKeyIdentifier (inspection proxies such as
+        # mitmproxy omit it); relax that where cryptography's web-PKI policy
+        # insists, and keep everything else.
+        self._ee_policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(
+            x509.AuthorityKeyIdentifier, Criticality.AGNOSTIC, None
+        )
+        self._ca_policy = ExtensionPolicy.webpki_defaults_ca().may_be_present(
+            x509.AuthorityKeyIdentifier, Criticality.AGNOSTIC, None
+        )
+        self._verdicts: OrderedDict[tuple, tuple[float, ChainVerdict]] = OrderedDict()
+
+    def verify(self, presented: list[bytes], hostname: str, *, now: float | None = None) -> ChainVerdict:
+        """Verify a presented chain for a host name; cached briefly per chain and name."""
+        now = time.time() if now is None else now
+        key = (tuple(presented), hostname.lower())
+        hit = self._verdicts.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        verdict = self._verify(presented, hostname, now)
+        # A verdict can change only with time (expiry): keep it a minute at most.
+        self._verdicts[key] = (now + 60.0, verdict)
+        if len(self._verdicts) > _FACTS_CACHE_SIZE:
+            self._verdicts.popitem(last=False)
+        return verdict
+
+    def _verify(self, presented: list[bytes], hostname: str, now: float) -> ChainVerdict:
+        facts = [cert_facts(der) for der in presented]
+        if not presented:
+            return ChainVerdict((), Reason.TLS_UNTRUSTED, "the server presented no certificate")
+        bad = [i for i, f in enumerate(facts) if f is None]
+        if bad:
+            return ChainVerdict((), Reason.TLS_UNTRUSTED, f"the certificate at depth {bad[0]} does not parse")
+        try:
+            certs = [x509.load_der_x509_certificate(der) for der in presented]
+        except ValueError as exc:
+            return ChainVerdict((), Reason.TLS_UNTRUSTED, f"certificate does not parse: {exc}")
+        leaf, intermediates = certs[0], certs[1:]
+        subject = _subject(hostname)
+        at_now = _utc(now)
+        path, error = self._try(leaf, intermediates, subject, at_now)
+        if path is not None:
+            return ChainVerdict(tuple(cert_facts(c.public_bytes(Encoding.DER)) for c in path), None, "")
+        # Which single relaxation makes it verify tells us what was wrong.
+        own_name = _own_name(leaf)
+        if own_name is not None and self._try(leaf, intermediates, own_name, at_now)[0] is not None:
+            return ChainVerdict((), Reason.TLS_HOSTNAME_MISMATCH, f"certificate not valid for {hostname}: {error}")
+        valid_at = _time_when_all_valid(facts)
+        if valid_at is not None and valid_at != now:
+            for name in (subject, own_name):
+                if name is not None and self._try(leaf, intermediates, name, _utc(valid_at))[0] is not None:
+                    expired = any(f.not_after < now for f in facts)
+                    reason = Reason.TLS_EXPIRED if expired else Reason.TLS_NOT_YET_VALID
+                    return ChainVerdict((), reason, error)
+        if any(f.not_after < now for f in facts):
+            # Fails even inside the validity window, but something is expired too;
+            # an expired certificate is the more actionable fact.
+            if valid_at is None:
+                return ChainVerdict((), Reason.TLS_EXPIRED, error)
+        return ChainVerdict((), Reason.TLS_UNTRUSTED, error)
+
+    def _try(self, leaf, intermediates, subject, when: dt.datetime):
+        builder = (
+            PolicyBuilder()
+            .store(self._store)
+            .time(when)
+            .extension_policies(ca_policy=self._ca_policy, ee_policy=self._ee_policy)
+        )
+        try:
+            verifier = builder.build_server_verifier(subject)
+            return verifier.verify(leaf, intermediates), ""
+        except VerificationError as exc:
+            return None, str(exc)
+        except ValueError as exc:  # e.g. a name the verifier cannot take
+            return None, str(exc)
+
+
+def tls_facts(ssl_object: ssl.SSLObject, presented: list[bytes], verdict: ChainVerdict) -> TLSFacts:
+    cipher = ssl_object.cipher()
+    return TLSFacts(
+        version=ssl_object.version() or "",
+        cipher=cipher[0] if cipher else "",
+        presented=tuple(f for f in (cert_facts(d) for d in presented) if f is not None),
+        verified_path=verdict.verified_path,
+        verify_error=verdict.error,
+    )
+
+
+def _load_pems(pem: bytes) -> list[x509.Certificate]:
+    # System bundles hold a few old roots that newer cryptography frowns upon
+    # (e.g. a non-positive serial); they still serve as anchors, so say nothing.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return x509.load_pem_x509_certificates(pem)
+        except ValueError:
+            return []
+
+
+def _subject(hostname: str):
+    try:
+        return IPAddress(ipaddress.ip_address(hostname))
+    except ValueError:
+        return DNSName(hostname)
+
+
+def _own_name(leaf: x509.Certificate):
+    san = _extension(leaf, ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+    if san is None:
+        return None
+    for name in san.get_values_for_type(x509.DNSName):
+        try:
+            return DNSName(name.replace("*.", "wildcard-probe.", 1))
+        except ValueError:
+            continue
+    return None
+
+
+def _time_when_all_valid(facts: list[CertFacts]) -> float | None:
+    start = max(f.not_before for f in facts) + 1
+    end = min(f.not_after for f in facts) - 1
+    return start if start <= end else None
+
+
+def _utc(ts: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc)

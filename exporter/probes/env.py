@@ -1,0 +1,26 @@
+"""What every prober gets besides the job: shared, immutable, built once per config."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+from ..config import Config, ConnectTo, Limits
+from ._tls import TrustStore, client_context
+
+
+@dataclass(frozen=True)
+class ProbeEnv:
+    connect_to: tuple[ConnectTo, ...]
+    limits: Limits
+    trust: TrustStore
+    ssl_context: ssl.SSLContext
+
+    @classmethod
+    def from_config(cls, config: Config, *, trust: TrustStore | None = None) -> "ProbeEnv":
+        return cls(
+            connect_to=config.connect_to,
+            limits=config.limits,
+            trust=trust or TrustStore(ca_file=config.tls.ca_file),
+            ssl_context=client_context(),
+        )
