@@ -378,13 +378,18 @@ class LabPKI:
     ) -> bytes:
         """A CRL from `issuer`, listing `revoked_serials`.
 
-        Defaults: thisUpdate an hour ago, nextUpdate in 7 days. `sign_with_wrong_key` signs with
+        Defaults: thisUpdate an hour ago (a week before nextUpdate when that is already past),
+        nextUpdate in 7 days. `sign_with_wrong_key` signs with
         an unrelated key of the same type, so the CRL parses but its signature is invalid.
         """
         ca = issuer if isinstance(issuer, CA) else (self.root if issuer == "root" else self.issuing)
         now = utcnow()
-        this_update = this_update or now - dt.timedelta(hours=1)
         next_update = next_update or now + dt.timedelta(days=7)
+        if this_update is None:
+            this_update = now - dt.timedelta(hours=1)
+            if next_update <= this_update:
+                # An already-stale CRL was asked for: issue it a week before it went stale.
+                this_update = next_update - dt.timedelta(days=7)
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(ca.cert.subject)

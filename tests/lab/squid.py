@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -126,6 +127,9 @@ class Squid:
         startup_timeout: float = 10.0,
     ) -> None:
         self.workdir = Path(workdir)
+        # Where Squid's files really live: workdir itself, unless the `proxy` user cannot reach
+        # it (pytest's tmp_path sits under a 0700 directory); see _prepare_rundir.
+        self.rundir = self.workdir
         self.hosts = dict(hosts)
         self.deny_domains = tuple(deny_domains)
         self.auth = auth
@@ -156,11 +160,11 @@ class Squid:
 
     @property
     def access_log_path(self) -> Path:
-        return self.workdir / "access.log"
+        return self.rundir / "access.log"
 
     @property
     def cache_log_path(self) -> Path:
-        return self.workdir / "cache.log"
+        return self.rundir / "cache.log"
 
     def access_log_lines(self) -> list[str]:
         """Squid-format lines, e.g. `... TCP_TUNNEL/200 4000 CONNECT wdcp.microsoft.com:443 - HIER_DIRECT/127.101.0.2 -`."""
@@ -182,6 +186,7 @@ class Squid:
         if binary is None:
             raise SquidError("squid is not installed: install the Debian package `squid` (apt-get install -y squid)")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._prepare_rundir()
         if self._resolver is None:
             self._resolver = _start_resolver()
         # A free port can be taken between our check and Squid's bind: retry a few times.
@@ -209,6 +214,13 @@ class Squid:
         if self._resolver is not None:
             self._resolver.close()
             self._resolver = None
+        if self.rundir != self.workdir:
+            # Keep the logs and config with the test's files, drop the private copy.
+            for name in ("squid.conf", "access.log", "cache.log", "stderr.log", "hosts"):
+                if (self.rundir / name).exists():
+                    shutil.copyfile(self.rundir / name, self.workdir / name)
+            shutil.rmtree(self.rundir, ignore_errors=True)
+            self.rundir = self.workdir
 
     def _kill(self) -> None:
         proc = self.process
@@ -224,11 +236,19 @@ class Squid:
 
     # ---------------------------------------------------------------- internals
 
+    def _prepare_rundir(self) -> None:
+        """Squid reads hosts/passwd and writes logs as `proxy`: every parent must be searchable."""
+        if self.rundir != self.workdir:
+            return  # already prepared (restart)
+        if all(p.stat().st_mode & 0o001 for p in self.workdir.resolve().parents):
+            return
+        self.rundir = Path(tempfile.mkdtemp(prefix="lab-squid-"))
+
     def _conf_path(self) -> Path:
-        return self.workdir / "squid.conf"
+        return self.rundir / "squid.conf"
 
     def _write_files(self) -> None:
-        w = self.workdir
+        w = self.rundir
         (w / "hosts").write_text("".join(f"{ip} {name}\n" for name, ip in self.hosts.items()))
         conf = [
             f"http_port 127.0.0.1:{self.port}",
@@ -293,7 +313,7 @@ class Squid:
         w.chmod(0o755)
 
     def _launch(self, binary: str) -> None:
-        stderr_path = self.workdir / "stderr.log"
+        stderr_path = self.rundir / "stderr.log"
         with open(stderr_path, "wb") as stderr:
             # -N: foreground, no daemon; its own session so stop() can kill helpers with it.
             self.process = subprocess.Popen(
@@ -322,7 +342,7 @@ class Squid:
         parts = []
         for name in ("stderr.log", "cache.log"):
             try:
-                text = (self.workdir / name).read_text(errors="replace")
+                text = (self.rundir / name).read_text(errors="replace")
             except FileNotFoundError:
                 continue
             parts.append(f"--- {name}\n" + "\n".join(text.splitlines()[-30:]))

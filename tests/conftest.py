@@ -1,0 +1,89 @@
+"""Shared fixtures: the test lab (generated PKI, loopback servers, real Squid).
+
+The lab lives in tests/lab and is imported as `lab` (tests/ has no __init__.py, so pytest puts
+this directory on sys.path). Typical use together with the exporter's `connect_to` option:
+
+    def test_reachable(lab_pki, lab_servers):
+        leaf = lab_pki.issue_leaf("wdcp.microsoft.com")
+        srv = lab_servers.serve(Ok(), port=443, tls=leaf)          # own loopback address, real 443
+        connect_to = srv.connect_to("wdcp.microsoft.com", 443)    # "wdcp.microsoft.com:443:127.x.y.z:443"
+        ...
+
+    def test_via_proxy(lab_pki, lab_servers, squid_factory):
+        srv = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_leaf("wdcp.microsoft.com"))
+        proxy = squid_factory({"wdcp.microsoft.com": srv.ip}, deny_domains=["x.microsoft.com"])
+        ... proxy.url ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lab.pki import LabPKI
+from lab.servers import LabServers
+from lab.servers import free_port as _free_port
+from lab.squid import Squid
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Declared here so `--strict-markers` works without touching pyproject.toml.
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "netns: runs in a private network namespace (unshare -n); needs root")
+    config.addinivalue_line("markers", "squid: starts a real Squid proxy (Debian package squid)")
+
+
+def free_port(ip: str = "127.0.0.1") -> int:
+    """A TCP port free on `ip` a moment ago (bind to 0, read it, close)."""
+    return _free_port(ip)
+
+
+@pytest.fixture(scope="session")
+def lab_pki(tmp_path_factory: pytest.TempPathFactory) -> LabPKI:
+    """One Microsoft-shaped PKI for the session: root, issuing CA, leaves on demand."""
+    return LabPKI.create(tmp_path_factory.mktemp("lab-pki"))
+
+
+@pytest.fixture(scope="session")
+def unknown_pki(tmp_path_factory: pytest.TempPathFactory) -> LabPKI:
+    """An unrelated hierarchy ("Unknown Root ..."): its leaves must not verify against lab_pki."""
+    return LabPKI.create(tmp_path_factory.mktemp("unknown-pki"), name="Unknown")
+
+
+@pytest.fixture
+def lab_servers() -> Iterator[LabServers]:
+    """Servers started in a test; all stopped (and held connections dropped) after it."""
+    with LabServers() as servers:
+        yield servers
+
+
+@pytest.fixture(name="free_port")
+def free_port_fixture() -> Callable[..., int]:
+    """The free_port helper as a fixture, for tests that prefer not to import from conftest."""
+    return free_port
+
+
+SquidFactory = Callable[..., Squid]
+
+
+@pytest.fixture
+def squid_factory(tmp_path: Path) -> Iterator[SquidFactory]:
+    """`squid_factory(hosts, *, deny_domains=(), auth=None, port=None, extra_config=())` -> started Squid.
+
+    Every Squid made is stopped at the end of the test.
+    """
+    started: list[Squid] = []
+
+    def make(hosts: Mapping[str, str], **kwargs: Any) -> Squid:
+        squid = Squid(tmp_path / f"squid-{len(started)}", hosts, **kwargs)
+        squid.start()
+        started.append(squid)
+        return squid
+
+    try:
+        yield make
+    finally:
+        for squid in started:
+            squid.stop()
