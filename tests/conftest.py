@@ -25,7 +25,7 @@ import pytest
 from lab.pki import LabPKI
 from lab.servers import LabServers
 from lab.servers import free_port as _free_port
-from lab.squid import Squid
+from lab.squid import Squid, SquidFactory
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -63,9 +63,6 @@ def lab_servers() -> Iterator[LabServers]:
 def free_port_fixture() -> Callable[..., int]:
     """The free_port helper as a fixture, for tests that prefer not to import from conftest."""
     return free_port
-
-
-SquidFactory = Callable[..., Squid]
 
 
 @pytest.fixture

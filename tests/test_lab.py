@@ -26,6 +26,7 @@ from lab.servers import (
     Truncated,
     refused_address,
 )
+from lab.squid import SquidFactory
 
 HOST = "wdcp.microsoft.com"
 
@@ -85,9 +86,9 @@ def test_crl_lists_revoked_serial_and_bad_signature_fails(lab_pki: LabPKI) -> No
     assert not bad.is_signature_valid(issuer_key)  # type: ignore[arg-type]
 
     stale = x509.load_pem_x509_crl(
-        lab_pki.make_crl("root", next_update=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1), fmt="pem")
+        lab_pki.make_crl("root", next_update=dt.datetime.now(dt.UTC) - dt.timedelta(days=1), fmt="pem")
     )
-    assert stale.next_update_utc is not None and stale.next_update_utc < dt.datetime.now(dt.timezone.utc)
+    assert stale.next_update_utc is not None and stale.next_update_utc < dt.datetime.now(dt.UTC)
     assert stale.is_signature_valid(lab_pki.root.cert.public_key())  # type: ignore[arg-type]
 
 
@@ -214,7 +215,7 @@ def _proxy_exchange(proxy: tuple[str, int], head: str) -> tuple[int, dict[str, s
 
 
 @pytest.mark.squid
-def test_squid_connect_deny_and_plain_forwarding(lab_pki: LabPKI, lab_servers: LabServers, squid_factory) -> None:  # type: ignore[no-untyped-def]
+def test_squid_connect_deny_and_plain_forwarding(lab_pki: LabPKI, lab_servers: LabServers, squid_factory: SquidFactory) -> None:
     ip = lab_servers.alloc_ip()
     https = lab_servers.serve(Ok(), ip=ip, port=443, tls=lab_pki.issue_leaf(HOST))
     crl_path = "/pki/crl/products/LabSecureServerCA2024.crl"
@@ -230,10 +231,11 @@ def test_squid_connect_deny_and_plain_forwarding(lab_pki: LabPKI, lab_servers: L
     assert https.sni_names == [HOST]
 
     # Denied domain: 403 to CONNECT, and X-Squid-Error on a plain request.
-    status, _, sock = _proxy_exchange(proxy.address, "CONNECT blocked.microsoft.com:443 HTTP/1.1\r\nHost: blocked.microsoft.com:443\r\n\r\n")
+    blocked = "blocked.microsoft.com"
+    status, _, sock = _proxy_exchange(proxy.address, f"CONNECT {blocked}:443 HTTP/1.1\r\nHost: {blocked}:443\r\n\r\n")
     sock.close()
     assert status == 403
-    status, headers, sock = _proxy_exchange(proxy.address, "GET http://blocked.microsoft.com/ HTTP/1.1\r\nHost: blocked.microsoft.com\r\n\r\n")
+    status, headers, sock = _proxy_exchange(proxy.address, f"GET http://{blocked}/ HTTP/1.1\r\nHost: {blocked}\r\n\r\n")
     sock.close()
     assert status == 403 and headers["x-squid-error"].startswith("ERR_ACCESS_DENIED")
 
@@ -255,7 +257,7 @@ def test_squid_connect_deny_and_plain_forwarding(lab_pki: LabPKI, lab_servers: L
 
 
 @pytest.mark.squid
-def test_squid_basic_auth(lab_pki: LabPKI, lab_servers: LabServers, squid_factory) -> None:  # type: ignore[no-untyped-def]
+def test_squid_basic_auth(lab_pki: LabPKI, lab_servers: LabServers, squid_factory: SquidFactory) -> None:
     srv = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_leaf(HOST))
     proxy = squid_factory({HOST: srv.ip}, auth=("alice", "s3cret"))
     connect = f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n"

@@ -46,10 +46,10 @@ DEFAULT = _Default.DEFAULT
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_rsa_key(pki_name: str, role: str) -> rsa.RSAPrivateKey:
     # Cached per process: many tests create PKIs, and RSA generation dominates the cost.
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -451,7 +451,11 @@ def _aki(issuer_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
 
 def _cdp(url: str) -> x509.CRLDistributionPoints:
     return x509.CRLDistributionPoints(
-        [x509.DistributionPoint(full_name=[x509.UniformResourceIdentifier(url)], relative_name=None, reasons=None, crl_issuer=None)]
+        [
+            x509.DistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(url)], relative_name=None, reasons=None, crl_issuer=None
+            )
+        ]
     )
 
 

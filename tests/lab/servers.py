@@ -28,9 +28,11 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Any, TypeAlias, TypeVar
+
+_T = TypeVar("_T")
 
 from .pki import LeafBundle
 
@@ -356,13 +358,13 @@ class LabServer:
             with self._lock:
                 self._sni.append(server_name)
 
-        ctx.sni_callback = remember_sni  # type: ignore[assignment]
+        ctx.sni_callback = remember_sni
         return ctx
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         self._writers.add(writer)
         with self._lock:
             self._connections += 1
@@ -375,7 +377,7 @@ class LabServer:
             # from logging "Exception in callback" for every held connection.
             pass
         finally:
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
             self._writers.discard(writer)
             if not writer.transport.is_closing():
                 writer.close()
@@ -440,10 +442,9 @@ class LabServer:
                 await writer.drain()
                 await asyncio.sleep(0.01)
         elif isinstance(b, EndlessBody):
-            if b.chunked:
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
-            else:
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n")
+            framing = b"Transfer-Encoding: chunked\r\n" if b.chunked else b""  # else: no length at all
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n" + framing)
+            writer.write(b"Connection: close\r\n\r\n")
             chunk = b"x" * 1024
             framed = b"400\r\n" + chunk + b"\r\n" if b.chunked else chunk
             while True:
@@ -482,7 +483,8 @@ class LabServer:
                 self._path_not_modified[path] += 1
             await _respond(writer, request, 304, b"", validators)
             return
-        ctype = {"crl": "application/pkix-crl", "crt": "application/pkix-cert"}.get(path.rsplit(".", 1)[-1], "application/octet-stream")
+        suffix = path.rsplit(".", 1)[-1]
+        ctype = {"crl": "application/pkix-crl", "crt": "application/pkix-cert"}.get(suffix, "application/octet-stream")
         rate = b.throttle.get(path)
         if rate is None:
             await _respond(writer, request, 200, entry.data, validators, content_type=ctype)
@@ -635,9 +637,9 @@ class LabServers:
             self._loop = None
             self._servers.clear()
 
-    def _call(self, coro: object, timeout: float = 10) -> object:
+    def _call(self, coro: Coroutine[Any, Any, _T], timeout: float = 10) -> _T:
         assert self._loop is not None, "LabServers not started"
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)  # type: ignore[arg-type]
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     @staticmethod
     def alloc_ip() -> str:

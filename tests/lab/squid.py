@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -33,6 +33,10 @@ NCSA_AUTH = "/usr/lib/squid/basic_ncsa_auth"
 
 class SquidError(RuntimeError):
     pass
+
+
+# What the `squid_factory` fixture hands out: (hosts, **Squid keyword arguments) -> started Squid.
+SquidFactory = Callable[..., "Squid"]
 
 
 def _free_port() -> int:
