@@ -17,15 +17,22 @@ this directory on sys.path). Typical use together with the exporter's `connect_t
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from lab.pki import LabPKI
-from lab.servers import LabServers
-from lab.servers import free_port as _free_port
-from lab.squid import Squid, SquidFactory
+
+# pytest's default import mode already puts tests/ on sys.path; --import-mode=importlib does
+# not, so make `import lab` work either way.
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
+
+from lab.pki import LabPKI  # noqa: E402
+from lab.servers import LabServers  # noqa: E402
+from lab.servers import free_port as _free_port  # noqa: E402
+from lab.squid import Squid, SquidFactory  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -16,6 +16,8 @@ from cryptography.x509.verification import PolicyBuilder, Store
 from lab.pki import LabPKI
 from lab.servers import (
     Delay,
+    EndlessBody,
+    EndlessHeaders,
     Files,
     Garbage,
     LabServers,
@@ -23,6 +25,7 @@ from lab.servers import (
     Ok,
     ResetMidHandshake,
     ResetOnAccept,
+    Slowloris,
     Truncated,
     refused_address,
 )
@@ -194,6 +197,33 @@ def test_misbehaving_servers(lab_pki: LabPKI, lab_servers: LabServers) -> None:
         s.sendall(request)
         assert _read_all(s).startswith(b"HTTP/1.1 200")
     assert time.monotonic() - started >= 0.3
+
+
+def test_slow_and_endless_servers(lab_servers: LabServers) -> None:
+    request = b"GET /big.crl HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    srv = lab_servers.serve(Slowloris(interval=0.1))
+    with socket.create_connection(srv.address, timeout=2) as s:
+        s.sendall(request)
+        started = time.monotonic()
+        got = b"".join(s.recv(10) for _ in range(3))
+        assert got == b"HTT" and time.monotonic() - started >= 0.15  # one byte per interval
+
+    for behaviour, marker in ((EndlessHeaders(), b"X-Lab-Filler-"), (EndlessBody(), b"Transfer-Encoding: chunked")):
+        srv = lab_servers.serve(behaviour)
+        with socket.create_connection(srv.address, timeout=2) as s:
+            s.sendall(request)
+            received = b""
+            while len(received) < 20_000:  # past common header limits (8 KiB), and still going
+                received += s.recv(65536)
+            assert marker in received
+
+    srv = lab_servers.serve(Files({"/big.crl": b"c" * 3000}, throttle={"/big.crl": 10_000}))
+    started = time.monotonic()
+    with socket.create_connection(srv.address, timeout=2) as s:
+        s.sendall(request)
+        assert _read_all(s).endswith(b"c" * 3000)
+    assert time.monotonic() - started >= 0.25  # 3000 bytes at 10 kB/s, in 0.1 s slices
 
 
 # ----------------------------------------------------------------------------- squid

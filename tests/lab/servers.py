@@ -32,9 +32,9 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
 
-_T = TypeVar("_T")
-
 from .pki import LeafBundle
+
+_T = TypeVar("_T")
 
 # ---------------------------------------------------------------------------- behaviours
 
