@@ -1,0 +1,165 @@
+"""`check`: probe once, print a table per group and the MAPS verdict.
+
+Text for a person at a terminal (progress on stderr when it is a terminal);
+JSON for scripts, with a stable shape (docs/check-json.md):
+
+    {"format": 1, "success": false,
+     "groups": [{"group": "maps", "targets": [{"target": ..., "route": ..., "pattern": ...,
+                 "success": false, "reason": "dns_error", "detail": ..., "duration_seconds": 0.001,
+                 "http_status": 0, "phases": {...}, "tls_verified": null,
+                 "revoked": null, "intercepted": null}]}],
+     "maps": [{"target": ..., "route": ..., "valid": false, "hresult": "0x80072EE7",
+               "cause": "dns_failure", "reason": "dns_error", "message": "ValidateMapsConnection ...",
+               "remedy": "..."}]}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import TextIO
+
+from .causes import REMEDIES, Cause
+from .config import ConfigError, load_config
+from .state import MapsVerdict, Outcome
+
+JSON_FORMAT_VERSION = 1
+
+
+def mpcmdrun_line(verdict: MapsVerdict) -> str:
+    """The verdict in MpCmdRun's own words."""
+    if verdict.valid:
+        return "ValidateMapsConnection successfully established a connection to MAPS"
+    return f"ValidateMapsConnection failed to establish a connection to MAPS (hr={verdict.hresult} httpcore=451)"
+
+
+def run_check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config_file)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    known = {g.name for g in config.groups}
+    unknown = [g for g in args.group if g not in known]
+    if unknown:
+        print(f"error: --group: unknown group {unknown[0]!r} (configured: {', '.join(sorted(known))})",
+              file=sys.stderr)
+        return 2
+    jobs = [job for job in config.jobs() if not args.group or job.group.name in args.group]
+    results = asyncio.run(_probe_all(config, jobs, progress=sys.stderr if sys.stderr.isatty() else None))
+    ok = all(_job_ok(o) for _, o in results)
+    if args.format == "json":
+        json.dump(_as_json(results, ok), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        _print_text(results, sys.stdout)
+    return 0 if ok else 1
+
+
+def _job_ok(outcome: Outcome) -> bool:
+    return outcome.probe.success and (outcome.maps is None or outcome.maps.valid)
+
+
+async def _probe_all(config, jobs, *, progress: TextIO | None):
+    from .assess import Assessor
+    from .probes import ProbeEnv
+
+    env = ProbeEnv.from_config(config)
+    assessor = Assessor(config)
+    semaphore = asyncio.Semaphore(config.concurrency)
+    done = 0
+    results: list = [None] * len(jobs)
+
+    async def one(i: int, job) -> None:
+        nonlocal done
+        async with semaphore:
+            results[i] = (job, await assessor.run(job, env))
+        done += 1
+        if progress is not None:
+            progress.write(f"\rprobing: {done}/{len(jobs)} done")
+            progress.flush()
+
+    async with asyncio.TaskGroup() as group:
+        for i, job in enumerate(jobs):
+            group.create_task(one(i, job))
+    if progress is not None:
+        progress.write("\r" + " " * 40 + "\r")
+    return results
+
+
+def _print_text(results, out: TextIO) -> None:
+    groups: dict[str, list] = {}
+    for job, outcome in results:
+        groups.setdefault(job.group.name, []).append((job, outcome))
+    width = max((len(job.target.url) for job, _ in results), default=20)
+    for name, rows in groups.items():
+        description = rows[0][0].group.description
+        out.write(f"\n{name}" + (f": {description}" if description else "") + "\n")
+        out.write(f"  {'RESULT':6}  {'LATENCY':>9}  {'TARGET':{width}}  {'ROUTE':8}  REASON\n")
+        for job, outcome in rows:
+            probe = outcome.probe
+            result = "ok" if probe.success else "FAIL"
+            latency = f"{probe.duration * 1000:7.1f}ms"
+            why = f"{probe.reason}: {probe.detail}" if probe.reason else f"HTTP {probe.http_status}"
+            extras = []
+            if outcome.intercepted:
+                extras.append("TLS intercepted")
+            if outcome.revoked:
+                extras.append("certificate revoked")
+            if extras:
+                why += " [" + ", ".join(extras) + "]"
+            out.write(f"  {result:6}  {latency:>9}  {job.target.url:{width}}  {job.route.name:8}  {why}\n")
+    verdicts = [(job, o.maps) for job, o in results if o.maps is not None]
+    if verdicts:
+        out.write("\nMAPS validation (emulating MpCmdRun -ValidateMapsConnection)\n")
+    for job, verdict in verdicts:
+        out.write(f"\n  {job.target.url} (route {job.route.name}):\n  {mpcmdrun_line(verdict)}\n")
+        if not verdict.valid:
+            out.write(f"  reason: {verdict.reason}" + (f" ({verdict.detail})" if verdict.detail else "") + "\n")
+            out.write(f"  cause:  {verdict.cause}\n")
+            remedy = REMEDIES.get(Cause(verdict.cause)) if verdict.cause in Cause.__members__.values() else None
+            if remedy:
+                out.write(f"  fix:    {remedy}\n")
+    failed = sum(1 for _, o in results if not _job_ok(o))
+    out.write(f"\n{len(results) - failed} of {len(results)} checks passed.\n")
+
+
+def _as_json(results, ok: bool) -> dict:
+    groups: dict[str, list] = {}
+    maps = []
+    for job, outcome in results:
+        probe = outcome.probe
+        groups.setdefault(job.group.name, []).append({
+            "target": job.target.url,
+            "route": job.route.name,
+            "pattern": job.target.pattern,
+            "success": probe.success,
+            "reason": str(probe.reason) if probe.reason else None,
+            "detail": probe.detail,
+            "duration_seconds": round(probe.duration, 6),
+            "http_status": probe.http_status,
+            "phases": {k: round(v, 6) for k, v in probe.phases},
+            "tls_verified": probe.tls.verified if probe.tls else None,
+            "revoked": outcome.revoked,
+            "intercepted": outcome.intercepted,
+        })
+        if outcome.maps is not None:
+            v = outcome.maps
+            maps.append({
+                "target": job.target.url,
+                "route": job.route.name,
+                "valid": v.valid,
+                "hresult": v.hresult or None,
+                "cause": v.cause or None,
+                "reason": v.reason or None,
+                "message": mpcmdrun_line(v),
+                "remedy": REMEDIES.get(Cause(v.cause)) if v.cause else None,
+            })
+    return {
+        "format": JSON_FORMAT_VERSION,
+        "success": ok,
+        "groups": [{"group": name, "targets": rows} for name, rows in groups.items()],
+        "maps": maps,
+    }

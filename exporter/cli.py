@@ -1,0 +1,143 @@
+"""Command line: run the exporter, or `check` once at a terminal.
+
+    defender-connectivity-exporter [--config.file F] [--web.listen-address :10100] ...
+    defender-connectivity-exporter check [--config.file F] [--group G ...] [--format text|json]
+
+Exit codes: 0 fine, 1 a check failed, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from . import __version__
+from .config import ConfigError, load_config
+from .logs import LEVELS, setup
+
+DEFAULT_LISTEN = ":10100"
+SHUTDOWN_GRACE = 4.0  # seconds; SIGTERM must end the process within 5 s
+
+log = logging.getLogger("exporter")
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # exit 2 with one line, as argparse does, but raise instead
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config.file", dest="config_file", metavar="FILE",
+                        help="YAML configuration (default: the built-in catalogue with defaults)")
+    parser.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
+    parser.add_argument("--log.format", dest="log_format", choices=("logfmt", "json"), default="logfmt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="defender-connectivity-exporter",
+                     description="Prometheus exporter: can Microsoft Defender Antivirus reach its cloud services?")
+    _common(parser)
+    parser.add_argument("--config.check", dest="config_check", action="store_true",
+                        help="validate the configuration and exit (0 valid, 2 invalid)")
+    parser.add_argument("--web.listen-address", dest="listen_address", default=DEFAULT_LISTEN,
+                        metavar="[HOST]:PORT", help=f"address to serve on (default {DEFAULT_LISTEN})")
+    parser.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                        help="exporter-toolkit web configuration (TLS, basic auth)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def build_check_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="defender-connectivity-exporter check",
+                     description="Probe every target once, print the results and the MAPS verdict.")
+    _common(parser)
+    parser.add_argument("--group", action="append", default=[], metavar="G", help="only this group (repeatable)")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    return parser
+
+
+def parse_listen_address(text: str) -> tuple[str | None, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise UsageError(f"--web.listen-address: expected [HOST]:PORT, got {text!r}")
+    host = host.strip("[]") or None
+    return host, int(port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv and argv[0] == "check":
+            args = build_check_parser().parse_args(argv[1:])
+            setup(args.log_level, args.log_format)
+            from .check import run_check
+
+            return run_check(args)
+        args = build_parser().parse_args(argv)
+        setup(args.log_level, args.log_format)
+        config = load_config(args.config_file)
+        if args.config_check:
+            print(f"{config.source}: valid ({len(config.jobs())} probe jobs in {len(config.groups)} groups)")
+            return 0
+        host, port = parse_listen_address(args.listen_address)
+        return asyncio.run(_serve(config, args, host, port))
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _serve(config, args, host: str | None, port: int) -> int:
+    from aiohttp import web
+
+    from .runtime import Exporter
+    from .web import make_app
+    from .webconfig import WebConfigError, load_web_config
+
+    try:
+        web_config = load_web_config(args.web_config_file) if args.web_config_file else None
+    except WebConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    exporter = Exporter(config, config_path=args.config_file)
+    app = make_app(exporter, web_config=web_config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, ssl_context=web_config.ssl_context() if web_config else None,
+                           reuse_address=True)
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        print(f"error: cannot listen on {args.listen_address}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    exporter.start()
+    scheme = "https" if web_config and web_config.tls else "http"
+    log.info("listening on %s://%s:%d with %d probe jobs from %s", scheme, host or "0.0.0.0", port,
+             len(config.jobs()), config.source)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(exporter.reload()))
+    await stop.wait()
+    log.info("shutting down")
+    try:
+        async with asyncio.timeout(SHUTDOWN_GRACE):
+            await exporter.stop()
+            await runner.cleanup()
+    except TimeoutError:
+        log.warning("shutdown took longer than %.0f s; exiting anyway", SHUTDOWN_GRACE)
+    return 0

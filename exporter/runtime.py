@@ -1,0 +1,65 @@
+"""The running exporter: config, store, scheduler and registry, with reload.
+
+One object owns the lifecycle (start, reload, stop) so that the CLI, the web
+app and the tests drive it the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from .collector import DefenderCollector
+from .config import Config, ConfigError, load_config
+from .probes import ProbeEnv
+from .scheduler import Scheduler
+from .state import ResultStore
+
+log = logging.getLogger("exporter")
+
+
+class Exporter:
+    def __init__(self, config: Config, *, config_path: str | Path | None = None):
+        self.config = config
+        self.config_path = config_path
+        self.store = ResultStore()
+        self.env = ProbeEnv.from_config(config)
+        self.scheduler = Scheduler(self.store, self.env, config.jobs(), concurrency=config.concurrency)
+        self.store.mark_reload(True)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.collector = DefenderCollector(self.store)
+        self.registry.register(self.collector)
+        self._task: asyncio.Task | None = None
+        self._reload_lock = asyncio.Lock()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self.scheduler.run(), name="scheduler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def reload(self) -> tuple[bool, str]:
+        """Re-read the config file. A bad file keeps the running config."""
+        async with self._reload_lock:
+            try:
+                config = await asyncio.to_thread(load_config, self.config_path)
+                env = await asyncio.to_thread(ProbeEnv.from_config, config)
+            except ConfigError as exc:
+                self.store.mark_reload(False)
+                log.error("config reload failed, keeping the running config: %s", exc)
+                return False, str(exc)
+            self.config = config
+            self.env = env
+            self.scheduler.set_jobs(config.jobs(), env=env, concurrency=config.concurrency)
+            self.store.mark_reload(True)
+            log.info("config reloaded from %s: %d probe jobs", config.source, len(self.store.jobs))
+            return True, ""

@@ -1,0 +1,202 @@
+"""The probe scheduler: every job on its interval, spread out, bounded.
+
+- The first round starts at once (bounded only by `concurrency`), so a new
+  user sees results within seconds.
+- After that each job keeps a fixed slot in its interval: the jobs of one
+  interval are spread evenly over it, so there is no thundering herd.
+- A global semaphore bounds probes in flight; each probe has its own deadline
+  (the prober's timeout, with a safety net here), so a hanging endpoint holds
+  one slot for at most its timeout and never delays /metrics.
+- Results land in a ResultStore as immutable objects; a scrape only reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import math
+import time
+from typing import Awaitable, Callable, Iterable
+
+from .config import ProbeJob
+from .probes import ProbeEnv, ProbeResult, run_probe
+from .state import ResultStore
+
+log = logging.getLogger("exporter.scheduler")
+
+# Probes whose slots fall this close together are started in one wake-up:
+# fewer wake-ups, same spread to the eye of any endpoint.
+BATCH_WINDOW = 0.005
+# Over the probe's own timeout, how long before the scheduler gives up on it.
+SAFETY_MARGIN = 5.0
+
+JobRunner = Callable[[ProbeJob, ProbeEnv], Awaitable[object]]
+
+
+async def probe_only(job: ProbeJob, env: ProbeEnv) -> ProbeResult:
+    return await run_probe(job, env)
+
+
+class Scheduler:
+    def __init__(
+        self, store: ResultStore, env: ProbeEnv, jobs: Iterable[ProbeJob], *, concurrency: int,
+        runner: JobRunner = probe_only,
+    ):
+        self.store = store
+        self.env = env
+        self.runner = runner
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
+        self._jobs: dict[tuple, ProbeJob] = {}
+        self._offsets: dict[tuple, float] = {}
+        self._due: dict[tuple, float] = {}
+        self._first: set[tuple] = set()  # jobs whose first probe has not started
+        self._in_flight: dict[tuple, asyncio.Task] = {}
+        self._heap: list[tuple[float, int, tuple]] = []
+        self._seq = 0
+        self._wake = asyncio.Event()
+        self._epoch = time.monotonic()
+        self.set_jobs(jobs)
+
+    # ------------------------------------------------------------------ jobs
+
+    def set_jobs(self, jobs: Iterable[ProbeJob], *, env: ProbeEnv | None = None, concurrency: int | None = None) -> None:
+        """Install a (new) job list. Unchanged jobs keep their slot and their
+        history; new jobs start at once; removed jobs vanish from the store."""
+        if env is not None:
+            self.env = env
+        if concurrency is not None and concurrency != self._concurrency:
+            # In-flight probes release into the old semaphore; new ones use the new bound.
+            self._semaphore = asyncio.Semaphore(concurrency)
+            self._concurrency = concurrency
+        new = {job.key: job for job in jobs}
+        for key in list(self._jobs):
+            if key not in new:
+                del self._jobs[key]
+                self._due.pop(key, None)
+                self._first.discard(key)
+        now = time.monotonic()
+        old_jobs = dict(self._jobs)
+        self._jobs = new
+        self._offsets = self._spread(new.values())
+        for key, job in new.items():
+            old = old_jobs.get(key)
+            if old is None:
+                self._first.add(key)
+                self._schedule(key, now)
+            elif old.group.interval != job.group.interval:
+                self._schedule(key, self._next_slot(key, now))
+        self.store.set_jobs(new.values())
+        self._wake.set()
+
+    @staticmethod
+    def _spread(jobs: Iterable[ProbeJob]) -> dict[tuple, float]:
+        """Even offsets within each interval: job i of n gets i/n of it."""
+        by_interval: dict[float, list[tuple]] = {}
+        for job in jobs:
+            by_interval.setdefault(job.group.interval, []).append(job.key)
+        offsets = {}
+        for interval, keys in by_interval.items():
+            for i, key in enumerate(sorted(keys)):
+                offsets[key] = interval * i / len(keys)
+        return offsets
+
+    def _next_slot(self, key: tuple, after: float) -> float:
+        """The first slot of this job strictly later than `after`."""
+        interval = self._jobs[key].group.interval
+        base = self._epoch + self._offsets[key]
+        k = math.floor((after - base) / interval) + 1
+        return base + k * interval
+
+    def _schedule(self, key: tuple, due: float) -> None:
+        self._due[key] = due
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, key))
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        """Run until cancelled; cancelling also cancels the probes in flight."""
+        try:
+            while True:
+                await self._wait_for_due()
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now + BATCH_WINDOW:
+                    due, _, key = heapq.heappop(self._heap)
+                    if self._due.get(key) != due:
+                        continue  # superseded by a reschedule or removed
+                    semaphore = self._semaphore  # a reload may swap it; release the one we took
+                    await semaphore.acquire()
+                    self._start(key, due, semaphore)
+        finally:
+            for task in list(self._in_flight.values()):
+                task.cancel()
+            if self._in_flight:
+                await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+
+    async def _wait_for_due(self) -> None:
+        while True:
+            self._wake.clear()
+            if self._heap:
+                delay = self._heap[0][0] - time.monotonic()
+                if delay <= BATCH_WINDOW:
+                    return
+            else:
+                delay = None
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                return
+
+    def _start(self, key: tuple, due: float, semaphore: asyncio.Semaphore) -> None:
+        job = self._jobs.get(key)
+        if job is None:  # removed by a reload while we waited for a slot
+            semaphore.release()
+            return
+        started = time.monotonic()
+        first = key in self._first
+        self._first.discard(key)
+        if not first:
+            self.store.observe_lag(max(0.0, started - due))
+        # The next slot is fixed now, whatever this probe does; a probe still
+        # running at its next slot makes that round skip (timeout <= interval).
+        self._schedule(key, self._next_slot(key, max(started, due)))
+        if key in self._in_flight:
+            semaphore.release()
+            self.store.count_skipped(key)
+            return
+        task = asyncio.get_running_loop().create_task(self._probe(job, semaphore))
+        self._in_flight[key] = task
+
+    async def _probe(self, job: ProbeJob, semaphore: asyncio.Semaphore) -> None:
+        env = self.env
+        try:
+            async with asyncio.timeout(job.group.timeout + SAFETY_MARGIN):
+                outcome = await self.runner(job, env)
+        except TimeoutError:
+            log.error("probe of %s on route %s overran its timeout; its result is dropped", job.target.url, job.route.name)
+            outcome = None
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug in a prober must not stop the scheduler
+            log.exception("probe of %s on route %s raised", job.target.url, job.route.name)
+            outcome = None
+        finally:
+            semaphore.release()
+            self._in_flight.pop(job.key, None)
+        if outcome is not None and job.key in self._jobs and self._jobs[job.key] is job:
+            self.store.record(job, outcome)
+
+    async def run_once(self, jobs: Iterable[ProbeJob] | None = None) -> None:
+        """Probe every job once now (bounded by concurrency) and wait: for `check`."""
+        selected = list(self._jobs.values()) if jobs is None else list(jobs)
+
+        async def one(job: ProbeJob) -> None:
+            async with self._semaphore:
+                outcome = await self.runner(job, self.env)
+            self.store.record(job, outcome)
+
+        async with asyncio.TaskGroup() as group:
+            for job in selected:
+                group.create_task(one(job))

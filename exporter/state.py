@@ -1,0 +1,141 @@
+"""The exporter's memory: the latest outcome per job, and running totals.
+
+Written by the scheduler, read by the collector, the status page and `check`;
+all on the event loop's thread, so no locks. Latest outcomes are immutable
+objects replaced whole; counters and histograms keep counting across reloads
+for jobs whose key (group, target, route) is unchanged.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from .config import ProbeJob
+from .metrics import LAG_BUCKETS, LATENCY_BUCKETS
+from .probes import ProbeResult
+
+
+@dataclass(frozen=True)
+class MapsVerdict:
+    """Would `MpCmdRun -ValidateMapsConnection` succeed over this target?"""
+
+    valid: bool
+    source: str = "emulated"
+    reason: str = ""  # the probe's reason or a revocation/pinning finding
+    hresult: str = ""
+    cause: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Everything learnt from one run of a job."""
+
+    probe: ProbeResult
+    # Revocation and pinning (None: not judged, e.g. plain HTTP or turned off).
+    revoked: bool | None = None
+    intercepted: bool | None = None
+    maps: MapsVerdict | None = None
+    crl_urls: tuple[str, ...] = ()
+
+
+class Histogram:
+    """Cumulative-on-read bucket counts (kept per bucket to stay O(1) per observation)."""
+
+    __slots__ = ("bounds", "counts", "total", "count")
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        out, running = [], 0
+        for bound, n in zip(self.bounds, self.counts):
+            running += n
+            out.append((_float_text(bound), running))
+        out.append(("+Inf", running + self.counts[-1]))
+        return out
+
+
+def _float_text(value: float) -> str:
+    return repr(float(value))
+
+
+@dataclass
+class JobStats:
+    successes: int = 0
+    failures: int = 0
+    skipped: int = 0
+    latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+
+
+class ResultStore:
+    def __init__(self) -> None:
+        self.jobs: dict[tuple, ProbeJob] = {}
+        self.latest: dict[tuple, Outcome] = {}
+        self.stats: dict[tuple, JobStats] = {}
+        self.lag = Histogram(LAG_BUCKETS)
+        self.reload_successful = True
+        self.reload_success_timestamp = 0.0
+        self.initial_jobs: frozenset[tuple] = frozenset()
+        self._ready = False
+        # Bumped on every change, so renderers can cache what did not change.
+        self.version = 0
+
+    def set_jobs(self, jobs: Iterable[ProbeJob]) -> None:
+        self.jobs = {job.key: job for job in jobs}
+        for key in list(self.latest):
+            if key not in self.jobs:
+                del self.latest[key]
+        for key in list(self.stats):
+            if key not in self.jobs:
+                del self.stats[key]
+        for key in self.jobs:
+            self.stats.setdefault(key, JobStats())
+        if not self.initial_jobs:
+            self.initial_jobs = frozenset(self.jobs)
+        self.version += 1
+
+    def record(self, job: ProbeJob, outcome: Outcome | ProbeResult) -> None:
+        if isinstance(outcome, ProbeResult):
+            outcome = Outcome(outcome)
+        if job.key not in self.jobs:
+            return
+        self.latest[job.key] = outcome
+        stats = self.stats.setdefault(job.key, JobStats())
+        if outcome.probe.success:
+            stats.successes += 1
+        else:
+            stats.failures += 1
+        stats.latency.observe(outcome.probe.duration)
+        self.version += 1
+
+    def observe_lag(self, seconds: float) -> None:
+        self.lag.observe(seconds)
+
+    def count_skipped(self, key: tuple) -> None:
+        if key in self.stats:
+            self.stats[key].skipped += 1
+
+    def mark_reload(self, ok: bool) -> None:
+        self.reload_successful = ok
+        if ok:
+            self.reload_success_timestamp = time.time()
+        self.version += 1
+
+    @property
+    def ready(self) -> bool:
+        """True once every job of the first configuration has a result."""
+        if not self._ready:
+            self._ready = all(key in self.latest or key not in self.jobs for key in self.initial_jobs)
+        return self._ready
