@@ -247,6 +247,17 @@ class LabPKI:
             self._inspection = _make_inspection_ca(self.directory, self.name, self.key_type)
         return self._inspection
 
+    def _ca(self, which: CA | Literal["issuing", "root", "inspection"]) -> CA:
+        if isinstance(which, CA):
+            return which
+        if which == "issuing":
+            return self.issuing
+        if which == "root":
+            return self.root
+        if which == "inspection":
+            return self.inspection
+        raise ValueError(f"unknown issuer {which!r}: use 'issuing', 'root', 'inspection' or a CA")
+
     def next_serial(self) -> int:
         # Small, predictable serials make revocation tests easy to read.
         self._serial += 1
@@ -261,7 +272,7 @@ class LabPKI:
         with_aki: bool = True,
         cdp_url: str | None | _Default = DEFAULT,
         aia_url: str | None | _Default = DEFAULT,
-        issuer: CA | None = None,
+        issuer: CA | Literal["issuing", "root", "inspection"] | None = None,
         key_type: KeyType | None = None,
         serial: int | None = None,
         server_auth: bool = True,
@@ -274,7 +285,7 @@ class LabPKI:
         names = (hostnames,) if isinstance(hostnames, str) else tuple(hostnames)
         if not names:
             raise ValueError("issue_leaf needs at least one host name")
-        ca = issuer or self.issuing
+        ca = self._ca(issuer or "issuing")
         now = utcnow()
         not_before = not_before or now - dt.timedelta(days=1)
         not_after = not_after or now + dt.timedelta(days=90)
@@ -367,7 +378,7 @@ class LabPKI:
 
     def make_crl(
         self,
-        issuer: Literal["issuing", "root"] | CA = "issuing",
+        issuer: Literal["issuing", "root", "inspection"] | CA = "issuing",
         *,
         revoked_serials: Iterable[int] = (),
         this_update: dt.datetime | None = None,
@@ -382,7 +393,7 @@ class LabPKI:
         nextUpdate in 7 days. `sign_with_wrong_key` signs with
         an unrelated key of the same type, so the CRL parses but its signature is invalid.
         """
-        ca = issuer if isinstance(issuer, CA) else (self.root if issuer == "root" else self.issuing)
+        ca = self._ca(issuer)
         now = utcnow()
         next_update = next_update or now + dt.timedelta(days=7)
         if this_update is None:
@@ -414,7 +425,9 @@ class LabPKI:
         encoding = serialization.Encoding.DER if fmt == "der" else serialization.Encoding.PEM
         return crl.public_bytes(encoding)
 
-    def write_crl(self, path: str | Path, issuer: Literal["issuing", "root"] | CA = "issuing", **kwargs: object) -> Path:
+    def write_crl(
+        self, path: str | Path, issuer: Literal["issuing", "root", "inspection"] | CA = "issuing", **kwargs: object
+    ) -> Path:
         """make_crl(...) written to `path` (relative paths land in the PKI directory)."""
         target = Path(path)
         if not target.is_absolute():
