@@ -12,6 +12,7 @@ Sample (one HTTPS target, abridged):
 from __future__ import annotations
 
 import platform
+import time
 from typing import Iterator
 
 from prometheus_client.core import (
@@ -24,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from . import metrics as m
+from .crl import CRLCache
 from .state import ResultStore
 
 
@@ -32,8 +34,10 @@ def _gauge(spec: m.MetricSpec) -> GaugeMetricFamily:
 
 
 class DefenderCollector(Collector):
-    def __init__(self, store: ResultStore, *, extra: tuple[Collector, ...] = ()):
+    def __init__(self, store: ResultStore, *, crl_cache: CRLCache | None = None,
+                 extra: tuple[Collector, ...] = ()):
         self.store = store
+        self.crl_cache = crl_cache
         self.extra = extra
 
     def describe(self) -> list[Metric]:
@@ -42,6 +46,8 @@ class DefenderCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self.collect_targets()
+        if self.crl_cache is not None:
+            yield from self.collect_crls()
         yield from self.collect_exporter()
         for collector in self.extra:
             yield from collector.collect()
@@ -110,6 +116,27 @@ class DefenderCollector(Collector):
             info, success, duration, phases, status, reason, last_run, totals, latency,
             tls_version, tls_cipher, not_after, verified, revoked, intercepted, maps_valid, maps_info,
         )
+
+    def collect_crls(self) -> Iterator[Metric]:
+        """CRL distribution points seen in probed chains, as last checked."""
+        reachable = _gauge(m.CRL_REACHABLE)
+        fetch = _gauge(m.CRL_FETCH_DURATION)
+        this_update = _gauge(m.CRL_THIS_UPDATE)
+        next_update = _gauge(m.CRL_NEXT_UPDATE)
+        valid = _gauge(m.CRL_VALID)
+        size = _gauge(m.CRL_SIZE)
+        now = time.time()
+        for (url, route), check in sorted(self.crl_cache.checks.items()):
+            reachable.add_metric([url, route], 1 if check.reachable else 0)
+            fetch.add_metric([url, route], check.duration)
+        for url, doc in sorted(self.crl_cache.documents.items()):
+            this_update.add_metric([url, doc.issuer], doc.this_update)
+            if doc.next_update is not None:
+                next_update.add_metric([url, doc.issuer], doc.next_update)
+            size.add_metric([url], doc.size)
+        for url in sorted({url for url, _ in self.crl_cache.checks}):
+            valid.add_metric([url], 1 if self.crl_cache.document_valid(url, now) else 0)
+        yield from (reachable, fetch, this_update, next_update, valid, size)
 
     def collect_exporter(self) -> Iterator[Metric]:
         store = self.store

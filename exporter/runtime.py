@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from .assess import Assessor
 from .collector import DefenderCollector
 from .config import Config, ConfigError, load_config
 from .probes import ProbeEnv
@@ -27,15 +29,27 @@ class Exporter:
         self.config_path = config_path
         self.store = ResultStore()
         self.env = ProbeEnv.from_config(config)
-        self.scheduler = Scheduler(self.store, self.env, config.jobs(), concurrency=config.concurrency)
+        self.assessor = Assessor(config)
+        self.scheduler = Scheduler(self.store, self.env, config.jobs(), concurrency=config.concurrency,
+                                   runner=self._run_job)
         self.store.mark_reload(True)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.collector = DefenderCollector(self.store)
+        self.collector = DefenderCollector(self.store, crl_cache=self.assessor.crl_cache)
         self.registry.register(self.collector)
         self._task: asyncio.Task | None = None
         self._reload_lock = asyncio.Lock()
 
+    async def _run_job(self, job, env):
+        # Through self.assessor at call time, so a reload's new settings apply.
+        return await self.assessor.run(job, env)
+
     def start(self) -> None:
+        # Name resolution runs in the default executor's threads; a resolver
+        # that times out (5 s per try is common) must not hold up every other
+        # probe, so give it as many threads as probes may be in flight (capped).
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=min(64, max(8, self.config.concurrency)),
+                                                     thread_name_prefix="resolver"))
         self._task = asyncio.get_running_loop().create_task(self.scheduler.run(), name="scheduler")
 
     async def stop(self) -> None:
@@ -59,6 +73,7 @@ class Exporter:
                 return False, str(exc)
             self.config = config
             self.env = env
+            self.assessor = Assessor(config, crl_cache=self.assessor.crl_cache)
             self.scheduler.set_jobs(config.jobs(), env=env, concurrency=config.concurrency)
             self.store.mark_reload(True)
             log.info("config reloaded from %s: %d probe jobs", config.source, len(self.store.jobs))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
+import _ssl
 import ssl
 import time
 import warnings
@@ -63,7 +64,7 @@ def presented_chain(ssl_object: ssl.SSLObject) -> list[bytes]:
         leaf = ssl_object.getpeercert(binary_form=True)
         return [leaf] if leaf else []
     chain = getter() or []
-    return [c if isinstance(c, bytes) else c.public_bytes(ssl.ENCODING_DER) for c in chain]
+    return [c if isinstance(c, bytes) else c.public_bytes(_ssl.ENCODING_DER) for c in chain]
 
 
 # --------------------------------------------------------------------- certificate facts

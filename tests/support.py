@@ -1,0 +1,170 @@
+"""Helpers for exporter tests: lab configs, one-shot probes, an exporter in a thread.
+
+Configs are written as real YAML files and loaded through load_config, so the
+tests exercise the same path a user does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from exporter.config import Config, load_config
+from exporter.state import Outcome
+
+CATALOGUE_GROUPS = ("maps", "update", "adl", "submission", "crl", "diagnostics")
+
+
+def root_fingerprint(pki) -> str:
+    return hashlib.sha256(pki.root.cert.public_bytes(Encoding.DER)).hexdigest()
+
+
+def lab_config(
+    tmp_path: Path,
+    groups: dict[str, Iterable[str] | dict[str, Any]],
+    *,
+    routes: dict[str, str | None] | None = None,
+    connect_to: Iterable[str] = (),
+    ca_file: str | Path | None = None,
+    ssl_options: int | None = None,
+    timeout: str = "3s",
+    interval: str = "60s",
+    extra: dict[str, Any] | None = None,
+    name: str = "config.yml",
+) -> Path:
+    """Write a config in which only `groups` are enabled; return its path.
+
+    A group value is a list of target URLs, or a full group mapping.
+    """
+    data: dict[str, Any] = {"interval": interval, "timeout": timeout, "groups": {}}
+    for group in CATALOGUE_GROUPS:
+        if group not in groups:
+            data["groups"][group] = {"enabled": False}
+    for group, spec in groups.items():
+        data["groups"][group] = dict(spec) if isinstance(spec, dict) else {"targets": list(spec)}
+    if routes is not None:
+        data["routes"] = {name: {"proxy": proxy} for name, proxy in routes.items()}
+    if connect_to:
+        data["connect_to"] = list(connect_to)
+    tls: dict[str, Any] = {}
+    if ca_file is not None:
+        tls["ca_file"] = str(ca_file)
+    if ssl_options is not None:
+        tls["ssl_options"] = ssl_options
+    if tls:
+        data["tls"] = tls
+    data.update(extra or {})
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run_jobs(config: Config) -> dict[tuple[str, str, str], Outcome]:
+    """Probe and assess every job of `config` once; outcomes by (group, url, route)."""
+    from exporter.assess import Assessor
+    from exporter.probes import ProbeEnv
+
+    async def main() -> dict:
+        env = ProbeEnv.from_config(config)
+        assessor = Assessor(config)
+        outcomes = await asyncio.gather(*(assessor.run(job, env) for job in config.jobs()))
+        return {job.key: o for job, o in zip(config.jobs(), outcomes)}
+
+    return asyncio.run(main())
+
+
+def outcome_for(path: Path, url: str, *, group: str | None = None, route: str | None = None) -> Outcome:
+    config = load_config(path)
+    outcomes = run_jobs(config)
+    matches = [o for (g, u, r), o in outcomes.items() if u == url and (group in (None, g)) and (route in (None, r))]
+    assert len(matches) == 1, f"expected one job for {url}, found {len(matches)}"
+    return matches[0]
+
+
+class ExporterThread:
+    """The real Exporter + web app on a loopback port, in a thread with its own loop."""
+
+    def __init__(self, config_path: Path | None, *, port: int, web_config=None):
+        self.config_path = config_path
+        self.port = port
+        self.web_config = web_config
+        self.loop = asyncio.new_event_loop()
+        self.exporter = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+
+    def __enter__(self) -> "ExporterThread":
+        self._thread.start()
+        if not self._started.wait(20):
+            raise RuntimeError("exporter did not start")
+        if self._error:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._main())
+        except BaseException as exc:  # noqa: BLE001 - surfaced to the test thread
+            self._error = exc
+            self._started.set()
+
+    async def _main(self) -> None:
+        from aiohttp import web
+
+        from exporter.runtime import Exporter
+        from exporter.web import make_app
+
+        self._stop = asyncio.Event()
+        self.exporter = Exporter(load_config(self.config_path), config_path=self.config_path)
+        runner = web.AppRunner(make_app(self.exporter, web_config=self.web_config), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", self.port,
+                           ssl_context=self.web_config.ssl_context() if self.web_config else None)
+        await site.start()
+        self.exporter.start()
+        self._started.set()
+        await self._stop.wait()
+        await self.exporter.stop()
+        await runner.cleanup()
+
+    def call(self, fn, *args):
+        """Run fn(*args) on the exporter's loop (coroutine functions awaited) and return its value."""
+        async def wrapper():
+            value = fn(*args)
+            if asyncio.iscoroutine(value):
+                value = await value
+            return value
+
+        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(30)
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        import time
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.call(lambda: self.exporter.store.ready):
+                return
+            time.sleep(0.05)
+        raise AssertionError("exporter not ready in time")
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()

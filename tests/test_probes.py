@@ -1,0 +1,277 @@
+"""Every probe reason, produced by a real socket in the lab; phase timings; TLS facts."""
+
+from __future__ import annotations
+
+import pytest
+from lab.servers import (
+    Delay,
+    EndlessBody,
+    EndlessHeaders,
+    Garbage,
+    NeverAnswer,
+    Ok,
+    ResetMidHandshake,
+    ResetOnAccept,
+    Slowloris,
+    Truncated,
+    refused_address,
+)
+from support import lab_config, outcome_for
+
+from exporter.reasons import Reason
+
+MAPS = "https://wdcp.microsoft.com/"
+
+
+def probe_maps(tmp_path, connect_to, **kwargs):
+    path = lab_config(tmp_path, {"maps": [MAPS]}, connect_to=connect_to, **kwargs)
+    return outcome_for(path, MAPS).probe
+
+
+def test_healthy_https_reports_phases_chain_and_status(tmp_path, lab_pki, lab_servers):
+    leaf = lab_pki.issue_leaf("wdcp.microsoft.com")
+    server = lab_servers.serve(Ok(status=503), port=443, tls=leaf)
+    probe = probe_maps(tmp_path, [server.connect_to("wdcp.microsoft.com", 443)], ca_file=lab_pki.ca_bundle_path)
+    assert probe.success, probe.detail
+    assert probe.reason is None
+    assert probe.http_status == 503  # any answer from the endpoint counts
+    assert server.sni_names == ["wdcp.microsoft.com"]
+    assert server.hosts == ["wdcp.microsoft.com"]
+    phases = dict(probe.phases)
+    assert set(phases) == {"resolve", "connect", "proxy_connect", "tls", "processing", "transfer"}
+    assert phases["proxy_connect"] == 0
+    assert phases["tls"] > 0 and phases["connect"] > 0
+    tls = probe.tls
+    assert tls.verified and tls.version.startswith("TLS")
+    assert [c.subject for c in tls.presented][0] == leaf.cert.subject.rfc4514_string()
+    assert tls.verified_path[-1].subject == lab_pki.root.cert.subject.rfc4514_string()
+    assert tls.presented[0].serial == format(leaf.serial, "X")
+
+
+def test_processing_phase_measures_server_delay(tmp_path, lab_pki, lab_servers):
+    server = lab_servers.serve(Delay(0.2), port=443, tls=lab_pki.issue_leaf("wdcp.microsoft.com"))
+    probe = probe_maps(tmp_path, [server.connect_to("wdcp.microsoft.com", 443)], ca_file=lab_pki.ca_bundle_path)
+    assert probe.success, probe.detail
+    assert 0.2 <= probe.phase("processing") < 0.6
+    assert probe.phase("tls") < 0.2
+
+
+def test_dns_error(tmp_path):
+    # .invalid never resolves (RFC 6761); no connect_to, so the real resolver is asked.
+    path = lab_config(tmp_path, {"maps": ["https://no-such-host.invalid/"]})
+    probe = outcome_for(path, "https://no-such-host.invalid/").probe
+    assert probe.reason == Reason.DNS_ERROR
+    assert "no-such-host.invalid" in probe.detail
+
+
+def test_connect_refused(tmp_path):
+    ip, port = refused_address()
+    probe = probe_maps(tmp_path, [f"wdcp.microsoft.com:443:{ip}:{port}"])
+    assert probe.reason == Reason.CONNECT_REFUSED
+
+
+def test_connect_timeout_on_full_backlog(tmp_path):
+    """A listener that never accepts and whose backlog is full leaves the SYN unanswered."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(8):  # fill the accept queue (backlog 0 admits one or two)
+            s = socket.socket()
+            s.setblocking(False)
+            try:
+                s.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            fillers.append(s)
+        probe = probe_maps(tmp_path, [f"wdcp.microsoft.com:443:127.0.0.1:{port}"], timeout="1s")
+        assert probe.reason == Reason.CONNECT_TIMEOUT, probe.detail
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
+
+
+def test_connection_reset_on_accept(tmp_path, lab_servers):
+    server = lab_servers.serve(ResetOnAccept(), port=443)
+    probe = probe_maps(tmp_path, [server.connect_to("wdcp.microsoft.com", 443)])
+    assert probe.reason == Reason.CONNECTION_RESET, probe.detail
+
+
+def test_connection_reset_mid_handshake(tmp_path, lab_servers):
+    server = lab_servers.serve(ResetMidHandshake(), port=443)
+    probe = probe_maps(tmp_path, [server.connect_to("wdcp.microsoft.com", 443)])
+    assert probe.reason == Reason.CONNECTION_RESET, probe.detail
+
+
+def test_tls_handshake_error_on_non_tls_server(tmp_path, lab_servers):
+    server = lab_servers.serve(Garbage(before_tls=True), port=443)
+    probe = probe_maps(tmp_path, [server.connect_to("wdcp.microsoft.com", 443)])
+    assert probe.reason == Reason.TLS_HANDSHAKE_ERROR, probe.detail
+
+
+def test_tls_expired(tmp_path, lab_pki, lab_servers):
+    server = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_expired("wdcp.microsoft.com"))
+    probe = probe_maps(tmp_path, [server.connect_to("wdcp.microsoft.com", 443)], ca_file=lab_pki.ca_bundle_path)
+    assert probe.reason == Reason.TLS_EXPIRED, probe.detail
+    assert probe.tls.presented, "the chain is reported even when it fails"
+    assert not probe.tls.verified
+
+
+def test_tls_not_yet_valid(tmp_path, lab_pki, lab_servers):
+    server = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_not_yet_valid("wdcp.microsoft.com"))
+    probe = probe_maps(tmp_path, [server.connect_to("wdcp.microsoft.com", 443)], ca_file=lab_pki.ca_bundle_path)
+    assert probe.reason == Reason.TLS_NOT_YET_VALID, probe.detail
+
+
+def test_tls_hostname_mismatch(tmp_path, lab_pki, lab_servers):
+    server = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_leaf("other.example.com"))
+    probe = probe_maps(tmp_path, [server.connect_to("wdcp.microsoft.com", 443)], ca_file=lab_pki.ca_bundle_path)
+    assert probe.reason == Reason.TLS_HOSTNAME_MISMATCH, probe.detail
+
+
+def test_tls_untrusted_issuer(tmp_path, lab_pki, unknown_pki, lab_servers):
+    server = lab_servers.serve(Ok(), port=443, tls=unknown_pki.issue_leaf("wdcp.microsoft.com"))
+    probe = probe_maps(tmp_path, [server.connect_to("wdcp.microsoft.com", 443)], ca_file=lab_pki.ca_bundle_path)
+    assert probe.reason == Reason.TLS_UNTRUSTED, probe.detail
+    assert "Unknown" in probe.tls.presented[0].issuer
+
+
+def test_leaf_without_aki_is_valid_like_windows(tmp_path, lab_pki, lab_servers):
+    leaf = lab_pki.issue_leaf("wdcp.microsoft.com", with_aki=False)
+    server = lab_servers.serve(Ok(), port=443, tls=leaf)
+    probe = probe_maps(tmp_path, [server.connect_to("wdcp.microsoft.com", 443)], ca_file=lab_pki.ca_bundle_path)
+    assert probe.success, probe.detail
+
+
+@pytest.mark.parametrize(
+    "behaviour, reason",
+    [
+        (Garbage(), Reason.HTTP_ERROR),
+        (EndlessHeaders(), Reason.HTTP_ERROR),
+        (Truncated(), Reason.HTTP_ERROR),
+        (NeverAnswer(), Reason.TIMEOUT),
+        (Slowloris(interval=0.5), Reason.TIMEOUT),
+    ],
+    ids=lambda v: type(v).__name__ if not isinstance(v, str) else v,
+)
+def test_bad_http_answers(tmp_path, lab_pki, lab_servers, behaviour, reason):
+    server = lab_servers.serve(behaviour, port=443, tls=lab_pki.issue_leaf("wdcp.microsoft.com"))
+    probe = probe_maps(
+        tmp_path, [server.connect_to("wdcp.microsoft.com", 443)], ca_file=lab_pki.ca_bundle_path, timeout="1s"
+    )
+    assert probe.reason == reason, probe.detail
+
+
+def test_endless_body_is_cut_at_the_cap_and_counts_as_reached(tmp_path, lab_pki, lab_servers):
+    server = lab_servers.serve(EndlessBody(), port=443, tls=lab_pki.issue_leaf("wdcp.microsoft.com"))
+    probe = probe_maps(tmp_path, [server.connect_to("wdcp.microsoft.com", 443)], ca_file=lab_pki.ca_bundle_path)
+    assert probe.success, probe.detail
+    assert probe.http_status == 200
+
+
+def test_plain_http_target(tmp_path, lab_servers):
+    server = lab_servers.serve(Ok(status=404), port=80)
+    url = "http://go.microsoft.com/"
+    path = lab_config(tmp_path, {"adl": [url]}, connect_to=[server.connect_to("go.microsoft.com", 80)])
+    probe = outcome_for(path, url).probe
+    assert probe.success and probe.http_status == 404
+    assert probe.tls is None
+    assert server.request_lines == ["GET / HTTP/1.1"]
+
+
+# ------------------------------------------------------------------ through Squid
+
+
+def test_https_through_proxy_measures_proxy_connect(tmp_path, lab_pki, lab_servers, squid_factory):
+    server = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_leaf("wdcp.microsoft.com"))
+    squid = squid_factory({"wdcp.microsoft.com": server.ip})
+    path = lab_config(tmp_path, {"maps": [MAPS]}, routes={"defender": squid.url}, ca_file=lab_pki.ca_bundle_path)
+    outcome = outcome_for(path, MAPS)
+    probe = outcome.probe
+    assert probe.success, probe.detail
+    assert probe.phase("proxy_connect") > 0
+    assert probe.proxy_status == 200
+    assert probe.peer.endswith(f":{squid.port}")
+
+
+def test_plain_http_through_proxy_uses_absolute_uri(tmp_path, lab_servers, squid_factory):
+    server = lab_servers.serve(Ok(status=403), port=80)
+    squid = squid_factory({"go.microsoft.com": server.ip})
+    url = "http://go.microsoft.com/fwlink"
+    path = lab_config(tmp_path, {"adl": [url]}, routes={"defender": squid.url})
+    probe = outcome_for(path, url).probe
+    assert probe.success, probe.detail  # the origin's own 403 counts as reached
+    assert probe.http_status == 403
+    assert any(f"GET {url}" in line for line in squid.access_log_lines()) or server.request_lines
+
+
+def test_proxy_denied_connect(tmp_path, lab_pki, lab_servers, squid_factory):
+    server = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_leaf("wdcp.microsoft.com"))
+    squid = squid_factory({"wdcp.microsoft.com": server.ip}, deny_domains=["wdcp.microsoft.com"])
+    path = lab_config(tmp_path, {"maps": [MAPS]}, routes={"defender": squid.url}, ca_file=lab_pki.ca_bundle_path)
+    probe = outcome_for(path, MAPS).probe
+    assert probe.reason == Reason.PROXY_DENIED, probe.detail
+    assert probe.http_status == 403 and "ERR_ACCESS_DENIED" in probe.detail
+    assert server.connections == 0
+
+
+def test_proxy_denied_plain_http(tmp_path, lab_servers, squid_factory):
+    server = lab_servers.serve(Ok(), port=80)
+    squid = squid_factory({"go.microsoft.com": server.ip}, deny_domains=["go.microsoft.com"])
+    url = "http://go.microsoft.com/"
+    path = lab_config(tmp_path, {"adl": [url]}, routes={"defender": squid.url})
+    probe = outcome_for(path, url).probe
+    assert probe.reason == Reason.PROXY_DENIED, probe.detail
+
+
+def test_proxy_auth_required_and_accepted(tmp_path, lab_pki, lab_servers, squid_factory):
+    server = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_leaf("wdcp.microsoft.com"))
+    squid = squid_factory({"wdcp.microsoft.com": server.ip}, auth=("noc", "s3cret"))
+    path = lab_config(tmp_path, {"maps": [MAPS]}, routes={"defender": squid.url}, ca_file=lab_pki.ca_bundle_path)
+    probe = outcome_for(path, MAPS).probe
+    assert probe.reason == Reason.PROXY_AUTH_REQUIRED, probe.detail
+    assert probe.http_status == 407
+
+    with_auth = squid.url.replace("http://", "http://noc:s3cret@")
+    path = lab_config(tmp_path, {"maps": [MAPS]}, routes={"defender": with_auth}, ca_file=lab_pki.ca_bundle_path)
+    probe = outcome_for(path, MAPS).probe
+    assert probe.success, probe.detail
+
+
+def test_proxy_error_when_proxy_cannot_forward(tmp_path, squid_factory):
+    # The name is not in Squid's hosts file and its resolver says NXDOMAIN: Squid answers 5xx itself.
+    squid = squid_factory({})
+    path = lab_config(tmp_path, {"maps": [MAPS]}, routes={"defender": squid.url})
+    probe = outcome_for(path, MAPS).probe
+    assert probe.reason == Reason.PROXY_ERROR, probe.detail
+    assert probe.http_status >= 500
+
+
+def test_proxy_error_on_garbage_connect_answer(tmp_path, lab_servers):
+    fake_proxy = lab_servers.serve(Garbage(), port=0)
+    path = lab_config(tmp_path, {"maps": [MAPS]}, routes={"defender": f"http://{fake_proxy.ip}:{fake_proxy.port}"})
+    probe = outcome_for(path, MAPS).probe
+    assert probe.reason == Reason.PROXY_ERROR, probe.detail
+
+
+def test_proxy_unreachable(tmp_path):
+    ip, port = refused_address()
+    path = lab_config(tmp_path, {"maps": [MAPS]}, routes={"defender": f"http://{ip}:{port}"})
+    probe = outcome_for(path, MAPS).probe
+    assert probe.reason == Reason.PROXY_UNREACHABLE, probe.detail
+
+
+def test_every_reason_is_documented_and_tested():
+    """Each Reason appears in this file (so a new reason needs a test) and in the README."""
+    from pathlib import Path
+
+    source = Path(__file__).read_text()
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for reason in Reason:
+        assert f"Reason.{reason.name}" in source, f"no test produces {reason}"
+        assert f"`{reason.value}`" in readme, f"README does not document {reason}"
