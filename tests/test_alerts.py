@@ -12,12 +12,16 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import sys
+
 import pytest
 import yaml
 
-from exporter import metrics
-
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) without the package installed
+    sys.path.insert(0, str(ROOT))
+
+from exporter import metrics  # noqa: E402
 ALERTS_DIR = ROOT / "alerts"
 ALERT_RULES = ALERTS_DIR / "defender-connectivity.rules.yml"
 RECORDING_RULES = ALERTS_DIR / "defender-connectivity-recording.rules.yml"
