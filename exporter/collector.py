@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from . import __version__
 from . import metrics as m
 from .crl import CRLCache
+from .hostside import host_metric_families
 from .state import ResultStore
 
 
@@ -112,10 +113,27 @@ class DefenderCollector(Collector):
                 maps_valid.add_metric(labels + [verdict.source], 1 if verdict.valid else 0)
                 if not verdict.valid:
                     maps_info.add_metric(labels + [verdict.source, verdict.hresult, verdict.cause, verdict.reason], 1)
+        host_gauges = self._add_host(maps_valid, maps_info)
+        yield from host_gauges
         yield from (
             info, success, duration, phases, status, reason, last_run, totals, latency,
             tls_version, tls_cipher, not_after, verified, revoked, intercepted, maps_valid, maps_info,
         )
+
+    def _add_host(self, maps_valid: GaugeMetricFamily, maps_info: GaugeMetricFamily) -> list[Metric]:
+        """Host-side collectors (MpCmdRun, mdatp): their MAPS verdicts join the
+        MAPS families (one family per name), the host gauges stand alone."""
+        snapshot = self.store.host_snapshot
+        if snapshot is None:
+            return []
+        others = []
+        for family in host_metric_families(snapshot):
+            target = {m.MAPS_CONNECTION_VALID.name: maps_valid, m.MAPS_VALIDATION_INFO.name: maps_info}.get(family.name)
+            if target is None:
+                others.append(family)
+            else:
+                target.samples.extend(family.samples)
+        return others
 
     def collect_crls(self) -> Iterator[Metric]:
         """CRL distribution points seen in probed chains, as last checked."""

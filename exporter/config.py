@@ -23,6 +23,9 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from .hostside.collector import MODES as HOST_MODES
+from .hostside.collector import HostConfig
+
 DEFAULT_INTERVAL = 60.0
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_CONCURRENCY = 64
@@ -164,6 +167,7 @@ class Config:
     tls: TLSConfig
     limits: Limits
     groups: tuple[Group, ...]
+    host: HostConfig = HostConfig()
 
     def jobs(self) -> list[ProbeJob]:
         return [
@@ -227,7 +231,8 @@ def bundled_root_fingerprints() -> frozenset[bytes]:
 
 # --------------------------------------------------------------------------- validation
 
-_TOP_KEYS = {"interval", "timeout", "concurrency", "routes", "connect_to", "tls", "limits", "groups"}
+_TOP_KEYS = {"interval", "timeout", "concurrency", "routes", "connect_to", "tls", "limits", "groups", "host"}
+_HOST_KEYS = {"enabled", "interval", "timeout", "mode", "mpcmdrun", "netsh", "reg", "powershell", "mdatp"}
 _GROUP_KEYS = {"description", "route", "interval", "timeout", "enabled", "targets", "expected_roots", "validate_maps"}
 _DURATION_RE = re.compile(
     r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$"
@@ -342,8 +347,29 @@ def _build(data: Any, source: str) -> Config:
             groups.append(group)
     return Config(
         source=source, interval=interval, timeout=timeout, concurrency=concurrency, routes=routes,
-        connect_to=connect_to, tls=tls, limits=limits, groups=tuple(groups),
+        connect_to=connect_to, tls=tls, limits=limits, groups=tuple(groups), host=_host(check, top.get("host")),
     )
+
+
+def _host(check: _Checker, value: Any) -> HostConfig:
+    """The optional host-side collectors (Defender's own tools on this machine)."""
+    if value is None:
+        return HostConfig()
+    spec = check.mapping(value, "host", _HOST_KEYS)
+    kwargs: dict[str, Any] = {}
+    if "enabled" in spec:
+        kwargs["enabled"] = check.boolean(spec["enabled"], "host.enabled")
+    for key in ("interval", "timeout"):
+        if key in spec:
+            kwargs[key] = check.duration(spec[key], f"host.{key}")
+    if "mode" in spec:
+        if spec["mode"] not in HOST_MODES:
+            raise check.fail("host.mode", f"expected one of {', '.join(HOST_MODES)}, got {_describe(spec['mode'])}")
+        kwargs["mode"] = spec["mode"]
+    for key in ("mpcmdrun", "netsh", "reg", "powershell", "mdatp"):
+        if key in spec:
+            kwargs[key] = check.string(spec[key], f"host.{key}")
+    return HostConfig(**kwargs)
 
 
 def _routes(check: _Checker, value: Any) -> dict[str, Route]:

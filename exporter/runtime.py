@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from .assess import Assessor
 from .collector import DefenderCollector
 from .config import Config, ConfigError, load_config
+from .hostside import HostConfig, collect_host
 from .probes import ProbeEnv
 from .scheduler import Scheduler
 from .state import ResultStore
@@ -37,6 +38,7 @@ class Exporter:
         self.collector = DefenderCollector(self.store, crl_cache=self.assessor.crl_cache)
         self.registry.register(self.collector)
         self._task: asyncio.Task | None = None
+        self._host_task: asyncio.Task | None = None
         self._reload_lock = asyncio.Lock()
 
     async def _run_job(self, job, env):
@@ -50,9 +52,34 @@ class Exporter:
         loop = asyncio.get_running_loop()
         loop.set_default_executor(ThreadPoolExecutor(max_workers=min(64, max(8, self.config.concurrency)),
                                                      thread_name_prefix="resolver"))
-        self._task = asyncio.get_running_loop().create_task(self.scheduler.run(), name="scheduler")
+        self._task = loop.create_task(self.scheduler.run(), name="scheduler")
+        self._restart_host_collector()
+
+    def _restart_host_collector(self) -> None:
+        if self._host_task is not None:
+            self._host_task.cancel()
+            self._host_task = None
+        if self.config.host.enabled:
+            self._host_task = asyncio.get_running_loop().create_task(self._collect_host(self.config.host),
+                                                                     name="host-collector")
+        else:
+            self.store.host_snapshot = None
+
+    async def _collect_host(self, host: HostConfig) -> None:
+        """Defender's own tools, on their own (longer) interval."""
+        while True:
+            try:
+                self.store.host_snapshot = await collect_host(host)
+                for error in self.store.host_snapshot.errors:
+                    log.warning("host collector: %s", error)
+            except Exception:  # a parser bug must not end the loop
+                log.exception("host collector failed")
+            await asyncio.sleep(host.interval)
 
     async def stop(self) -> None:
+        if self._host_task is not None:
+            self._host_task.cancel()
+            self._host_task = None
         if self._task is not None:
             self._task.cancel()
             try:
@@ -76,5 +103,7 @@ class Exporter:
             self.assessor = Assessor(config, crl_cache=self.assessor.crl_cache)
             self.scheduler.set_jobs(config.jobs(), env=env, concurrency=config.concurrency)
             self.store.mark_reload(True)
+            if self._task is not None:
+                self._restart_host_collector()
             log.info("config reloaded from %s: %d probe jobs", config.source, len(self.store.jobs))
             return True, ""

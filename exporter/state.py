@@ -89,6 +89,7 @@ class ResultStore:
         self.reload_success_timestamp = 0.0
         self.initial_jobs: frozenset[tuple] = frozenset()
         self._ready = False
+        self.host_snapshot = None  # exporter.hostside.HostSnapshot when the host collectors run
         # Bumped on every change, so renderers can cache what did not change.
         self.version = 0
 
