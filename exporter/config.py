@@ -413,8 +413,7 @@ def _connect_to(check: _Checker, value: Any, path: str) -> ConnectTo:
     expected = "expected HOST:PORT:ADDR:PORT (curl's --connect-to; empty fields mean any/same)"
     if not isinstance(value, str):
         raise check.fail(path, f"{expected}, got {_describe(value)}")
-    # IPv6 addresses are written in brackets, so split on colons outside them.
-    fields = re.findall(r"(\[[^\]]*\]|[^:]*)(?::|$)", value)[:-1] if value else []
+    fields = _split_colons(value)
     if len(fields) != 4:
         raise check.fail(path, f"{expected}, got {value!r}")
     from_host, from_port, to_host, to_port = fields
@@ -427,6 +426,20 @@ def _connect_to(check: _Checker, value: Any, path: str) -> ConnectTo:
         return int(text)
 
     return ConnectTo(from_host.strip("[]"), port(from_port), to_host.strip("[]"), port(to_port))
+
+
+def _split_colons(text: str) -> list[str]:
+    """Split on colons outside [brackets], which is how IPv6 addresses are written."""
+    fields, current, depth = [], "", 0
+    for char in text:
+        if char == ":" and depth == 0:
+            fields.append(current)
+            current = ""
+            continue
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        current += char
+    fields.append(current)
+    return fields
 
 
 def _tls(check: _Checker, value: Any) -> TLSConfig:
