@@ -1,0 +1,132 @@
+"""The installed console script end to end: serve, scrape, promtool, shut down.
+
+The built-in catalogue is probed only inside a network namespace of its own
+(`unshare -n`), so nothing leaves the machine: there every Microsoft name
+fails to resolve, clearly, and nothing crashes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from lab.servers import Ok
+from prometheus_client.parser import text_string_to_metric_families
+from support import lab_config
+
+from exporter import metrics as m
+from conftest import free_port
+
+HERE = Path(__file__).parent
+
+
+def _samples(text: str) -> list:
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def _promtool_check(text: str) -> str:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: install the Debian package prometheus (tests/run.sh does)"
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    return (result.stdout + result.stderr).strip()
+
+
+def _console_script() -> str:
+    exe = shutil.which("defender-connectivity-exporter")
+    assert exe, "console script not installed: pip install -e . (tests/run.sh does)"
+    return exe
+
+
+def test_console_script_serves_lab_metrics_and_shuts_down(tmp_path, lab_pki, lab_servers):
+    server = lab_servers.serve(Ok(status=404), port=443, tls=lab_pki.issue_leaf("wdcp.microsoft.com"))
+    config = lab_config(tmp_path, {"maps": ["https://wdcp.microsoft.com/"]},
+                        connect_to=[server.connect_to("wdcp.microsoft.com", 443)],
+                        ca_file=lab_pki.ca_bundle_path, extra={"tls": {"ca_file": str(lab_pki.ca_bundle_path),
+                                                                        "ssl_options": 0}})
+    port = free_port()
+    proc = subprocess.Popen([_console_script(), "--config.file", str(config),
+                             "--web.listen-address", f"127.0.0.1:{port}", "--log.format", "json"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        body = ""
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            body = response.read().decode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+            assert "metrics" in response.read().decode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/healthy", timeout=5) as response:
+            assert response.status == 200
+    finally:
+        started = time.time()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=10)
+        stopped_in = time.time() - started
+        stderr = proc.stderr.read()
+    assert code == 0, stderr
+    assert stopped_in < 5
+    assert '"level": "info"' in stderr and "Traceback" not in stderr
+    labels = {"group": "maps", "target": "https://wdcp.microsoft.com/", "route": "defender"}
+    values = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in _samples(body)}
+    assert values[(m.PROBE_SUCCESS.name, tuple(sorted(labels.items())))] == 1
+    assert values[(m.PROBE_HTTP_STATUS.name, tuple(sorted(labels.items())))] == 404
+    assert values[("defender_probes_total", tuple(sorted({**labels, "result": "success"}.items())))] >= 1
+    assert _promtool_check(body) == ""
+    assert "# HELP defender_probe_success" in body and "Cached from the background scheduler" in body
+
+
+def test_every_metric_name_in_the_contract_is_documented():
+    readme = (HERE.parent / "README.md").read_text()
+    for spec in m.ALL:
+        assert f"`{spec.name}`" in readme, f"README's metrics table lacks {spec.name}"
+
+
+def test_bad_usage_exits_2():
+    result = subprocess.run([sys.executable, "-m", "exporter", "--no-such-flag"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and "unrecognized arguments" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "exporter", "--web.listen-address", "nonsense"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--web.listen-address" in result.stderr
+
+
+@pytest.mark.netns
+def test_builtin_catalogue_in_an_isolated_network_namespace(tmp_path):
+    """No config, no network: every catalogue target is served, failing with dns_error."""
+    unshare = shutil.which("unshare")
+    assert unshare, "unshare missing (Debian package util-linux)"
+    result = subprocess.run([unshare, "-n", sys.executable, str(HERE / "helpers" / "netns_scrape.py"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    body = (tmp_path / "metrics.txt").read_text()
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in stderr
+    assert (tmp_path / "ready.txt").read_text().startswith("Ready")
+    seconds, code = (tmp_path / "shutdown_seconds.txt").read_text().split()
+    assert float(seconds) < 5 and code == "0"
+
+    from exporter.config import load_config
+
+    jobs = load_config(None).jobs()
+    samples = _samples(body)
+    info = [s for s in samples if s.name == m.TARGET_INFO.name]
+    assert len(info) == len(jobs) == 49
+    reasons = [s for s in samples if s.name == m.PROBE_FAILURE_REASON.name]
+    assert len(reasons) == len(jobs)
+    assert {s.labels["reason"] for s in reasons} == {"dns_error"}
+    success = [s for s in samples if s.name == m.PROBE_SUCCESS.name]
+    assert len(success) == len(jobs) and all(s.value == 0 for s in success)
+    maps = [s for s in samples if s.name == m.MAPS_VALIDATION_INFO.name]
+    assert maps and all(s.labels["cause"] == "dns_failure" and s.labels["hresult"] == "0x80072EE7" for s in maps)
+    assert _promtool_check(body) == ""
