@@ -16,19 +16,37 @@ A certificate with no CRL distribution point has revocation status "unknown"
 (as Windows' chain engine reports it); it does not fail the verdict, since the
 legitimate Microsoft chains always carry one and a chain without is caught by
 pinning instead.
+
+Pinning of a chain that did NOT verify (an inspection box whose CA is not
+installed, a captive portal): `intercepted` is judged from the presented
+chain: intercepted unless some presented certificate is an expected root or
+is signed by one. The probe's reason (tls_untrusted, ...) and hresult stay;
+the verdict's cause becomes tls_inspection when the chain is intercepted.
+
+Time: the revocation stage has its own budget (see _revocation_budget), the
+CRLs of a chain are fetched concurrently, so a job ends within its timeout
+plus a few seconds, well inside the scheduler's safety margin.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import ssl
+import time
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from .causes import VERDICT_TABLE, Cause, Finding
-from .config import Config, ProbeJob, Route
+from .config import Config, ProbeJob, Route, bundled_root_pems
 from .crl import CRLCache, RevocationStatus
-from .probes import ProbeEnv, ProbeResult, run_probe
+from .probes import CertFacts, ProbeEnv, ProbeResult, run_probe
 from .probes._net import Trace
+from .reasons import Reason
 from .state import MapsVerdict, Outcome
 
 
@@ -45,6 +63,11 @@ class ChainRevocation:
         return None
 
 
+# Over the group's timeout, the most a job may spend on revocation after a slow
+# probe (the scheduler drops a job at timeout + 5 s).
+REVOCATION_GRACE = 4.0
+REVOCATION_MIN_BUDGET = 1.0
+
 _STATUS_FINDING = {
     "revoked": Finding.CERT_REVOKED,
     "unreachable": Finding.CRL_UNREACHABLE,
@@ -60,6 +83,7 @@ class Assessor:
         self.config = config
         self.crl_cache = crl_cache or CRLCache(config.limits, config.connect_to)
         self.crl_cache.reconfigure(config.limits, config.connect_to)
+        self._roots: dict[bytes, x509.Certificate] | None = None
 
     @property
     def system_route(self) -> Route:
@@ -74,7 +98,8 @@ class Assessor:
         revocation: ChainRevocation | None = None
         intercepted: bool | None = None
         if tls is not None and tls.verified:
-            revocation = await self.check_revocation(job, tls.verified_path, trace=trace)
+            budget = _revocation_budget(job.group.timeout, probe.duration)
+            revocation = await self.check_revocation(job, tls.verified_path, trace=trace, budget=budget)
             if job.group.expected_roots:
                 intercepted = tls.verified_path[-1].fingerprint_sha256 not in {
                     fp.hex() for fp in job.group.expected_roots
@@ -82,6 +107,12 @@ class Assessor:
                 if trace:
                     trace(f"pinning: chain ends at {tls.verified_path[-1].subject}: "
                           + ("NOT an expected root (intercepted)" if intercepted else "expected root"))
+        elif tls is not None and tls.presented and job.group.expected_roots:
+            intercepted = not self._presented_reaches_expected_root(tls.presented, job.group.expected_roots)
+            if trace:
+                trace("pinning (unverified chain): " + (
+                    "no presented certificate is, or is signed by, an expected root (intercepted)"
+                    if intercepted else "the presented chain reaches an expected root"))
         revoked = None
         if revocation is not None:
             revoked = any(status.status == "revoked" for _, status in revocation.statuses)
@@ -93,25 +124,38 @@ class Assessor:
         crl_urls = tuple(dict.fromkeys(u for c in (tls.verified_path if tls else ()) for u in c.crl_urls))
         return Outcome(probe, revoked=revoked, intercepted=intercepted, maps=verdict, crl_urls=crl_urls)
 
-    async def check_revocation(self, job: ProbeJob, path, *, trace: Trace | None = None) -> ChainRevocation:
-        """Each certificate but the anchor, against its own distribution points."""
-        statuses = []
+    async def check_revocation(self, job: ProbeJob, path, *, trace: Trace | None = None,
+                               budget: float | None = None) -> ChainRevocation:
+        """Each certificate but the anchor, against its own distribution points.
+
+        The certificates are checked concurrently; within one certificate the
+        distribution points are tried in order until one decides (good or
+        revoked). A certificate whose check has not finished within `budget`
+        seconds is "unreachable" (timed out)."""
+        budget = job.group.timeout if budget is None else budget
         route = self.system_route
         certs = [x509.load_der_x509_certificate(f.der) for f in path]
-        for i, facts in enumerate(path[:-1]):
+        deadline = time.monotonic() + budget
+
+        async def one(i: int, facts: CertFacts) -> RevocationStatus:
             cert = certs[i]
             issuer = certs[i + 1] if i + 1 < len(certs) else None
-            if issuer is None:
+            if issuer is None:  # not reached for a verified path; kept for partial paths
                 for url in facts.ca_issuers_urls:
-                    issuer = await self.crl_cache.fetch_issuer(url, route, job.group.timeout)
+                    issuer = await self.crl_cache.fetch_issuer(url, route, _left(deadline))
                     if issuer is not None:
                         break
             if not facts.crl_urls:
-                statuses.append((facts.subject, RevocationStatus("unknown", "", "no CRL distribution point")))
-                continue
-            status = None
+                if trace:
+                    trace(f"CRL: {facts.subject} has no CRL distribution point -> unknown (does not fail)")
+                return RevocationStatus("unknown", "", "no CRL distribution point")
+            status = RevocationStatus("unreachable", "", "no distribution point tried")
             for url in facts.crl_urls:
-                check = await self.crl_cache.check(url, route, job.group.timeout)
+                try:
+                    check = await self.crl_cache.check(url, route, _left(deadline))
+                except Exception as exc:  # noqa: BLE001 - a bug here must not lose the job
+                    status = RevocationStatus("unreachable", url, f"CRL check failed: {exc}")
+                    continue
                 status = self.crl_cache.judge(cert, issuer, check)
                 if trace:
                     how = "304 not modified" if check.not_modified else (
@@ -120,15 +164,80 @@ class Assessor:
                           + (f" ({status.detail})" if status.detail else ""))
                 if status.status in ("good", "revoked"):
                     break  # a usable CRL decides; otherwise try the next point
-            statuses.append((facts.subject, status))
+            return status
+
+        tasks = [asyncio.ensure_future(one(i, facts)) for i, facts in enumerate(path[:-1])]
+        try:
+            done, pending = await asyncio.wait(tasks, timeout=_left(deadline)) if tasks else (set(), set())
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+        statuses = []
+        for facts, task in zip(path[:-1], tasks):
+            if task.done() and not task.cancelled() and task.exception() is None:
+                statuses.append((facts.subject, task.result()))
+            else:
+                url = facts.crl_urls[0] if facts.crl_urls else ""
+                statuses.append((facts.subject, RevocationStatus(
+                    "unreachable", url, f"{Reason.TIMEOUT}: revocation check not finished within {budget:.1f} s")))
         return ChainRevocation(tuple(statuses))
+
+    def _presented_reaches_expected_root(self, presented: tuple[CertFacts, ...], expected: frozenset[bytes]) -> bool:
+        roots = [cert for fp, cert in self._known_roots().items() if fp in expected]
+        for facts in presented:
+            if bytes.fromhex(facts.fingerprint_sha256) in expected:
+                return True
+            try:
+                cert = x509.load_der_x509_certificate(facts.der)
+            except ValueError:
+                continue
+            for root in roots:
+                if cert.issuer != root.subject:
+                    continue
+                try:
+                    cert.verify_directly_issued_by(root)
+                    return True
+                except Exception:  # noqa: BLE001 - wrong signature or unsupported key: not issued by it
+                    continue
+        return False
+
+    def _known_roots(self) -> dict[bytes, x509.Certificate]:
+        """Certificates the expected_roots fingerprints can name: bundled, ca_file, system store."""
+        if self._roots is None:
+            pems = list(bundled_root_pems())
+            if self.config.tls.ca_file:
+                pems.append(Path(self.config.tls.ca_file).read_bytes())
+            cafile = ssl.get_default_verify_paths().cafile
+            if cafile and Path(cafile).is_file():
+                pems.append(Path(cafile).read_bytes())
+            roots: dict[bytes, x509.Certificate] = {}
+            for pem in pems:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    try:
+                        certs = x509.load_pem_x509_certificates(pem)
+                    except ValueError:
+                        continue
+                for cert in certs:
+                    roots[hashlib.sha256(cert.public_bytes(Encoding.DER)).digest()] = cert
+            self._roots = roots
+        return self._roots
 
     def maps_verdict(self, job: ProbeJob, probe: ProbeResult, revocation: ChainRevocation | None,
                      intercepted: bool | None) -> MapsVerdict:
         if not probe.success:
             row = VERDICT_TABLE[str(probe.reason)]
-            return MapsVerdict(False, reason=str(probe.reason), hresult=row.hresult, cause=str(row.cause),
-                               detail=probe.detail)
+            cause = row.cause
+            detail = probe.detail
+            if intercepted and probe.reason in _CHAIN_REASONS:
+                # Windows fails on the untrusted/misnamed chain itself (the hresult stays);
+                # the remedy is the inspection box's.
+                cause = Cause.TLS_INSPECTION
+                root = probe.tls.root.subject if probe.tls and probe.tls.root else "?"
+                detail = f"{detail}; the presented chain ends at {root}, not at an expected root"
+            return MapsVerdict(False, reason=str(probe.reason), hresult=row.hresult, cause=str(cause),
+                               detail=detail)
         tls_options = self.config.tls
         if tls_options.pinning and intercepted:
             row = VERDICT_TABLE[Finding.TLS_INTERCEPTED]
@@ -142,15 +251,33 @@ class Assessor:
                 row = VERDICT_TABLE[finding]
                 cause = row.cause
                 if finding == Finding.CRL_UNREACHABLE:
-                    cause = self._unreachable_cause(job)
+                    cause = self._unreachable_cause(job, worst)
                 return MapsVerdict(False, reason=str(finding), hresult=row.hresult, cause=str(cause),
                                    detail=f"{worst.url}: {worst.detail}")
         return MapsVerdict(True)
 
-    def _unreachable_cause(self, job: ProbeJob) -> Cause:
-        """The article's trap: MAPS reachable on Defender's path, CRLs not on a
-        different system path -> the system-wide WinHTTP proxy is missing. On
-        the same path, the CRLs themselves are blocked."""
-        if self.system_route.proxy != job.route.proxy:
+    def _unreachable_cause(self, job: ProbeJob, status: RevocationStatus) -> Cause:
+        """The article's trap: MAPS reachable through Defender's proxy, CRLs not
+        on a direct system route -> the system-wide WinHTTP proxy is missing.
+        A system route that asks for proxy credentials -> proxy_auth. Any other
+        case (same path, or a WinHTTP proxy that is set but cannot fetch the
+        CRLs) -> the CRLs themselves are blocked."""
+        system = self.system_route
+        if system.proxy is not None and status.http_status == 407:
+            return Cause.PROXY_AUTH
+        if system.proxy is None and job.route.proxy is not None:
             return Cause.WINHTTP_PROXY_MISSING
         return Cause.CRL_BLOCKED
+
+
+def _revocation_budget(timeout: float, probe_duration: float) -> float:
+    """Seconds the revocation stage may take: the group's timeout, but no more
+    than what keeps probe + revocation within timeout + REVOCATION_GRACE."""
+    return max(REVOCATION_MIN_BUDGET, min(timeout, timeout + REVOCATION_GRACE - probe_duration))
+
+
+def _left(deadline: float) -> float:
+    return max(0.05, deadline - time.monotonic())
+
+
+_CHAIN_REASONS = (Reason.TLS_UNTRUSTED, Reason.TLS_HOSTNAME_MISMATCH)

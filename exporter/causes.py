@@ -131,3 +131,33 @@ REMEDIES: dict[Cause, str] = {
 
 def row_for(reason: str) -> VerdictRow:
     return VERDICT_TABLE[reason]
+
+
+# Rows whose cause assess.py chooses from the situation: crl_unreachable from the
+# routes, an untrusted or misnamed chain from pinning (an intercepted chain).
+ALTERNATE_CAUSES: dict[str, tuple[Cause, ...]] = {
+    str(Finding.CRL_UNREACHABLE): (Cause.WINHTTP_PROXY_MISSING, Cause.CRL_BLOCKED, Cause.PROXY_AUTH),
+    str(Reason.TLS_UNTRUSTED): (Cause.CERTIFICATE_INVALID, Cause.TLS_INSPECTION),
+    str(Reason.TLS_HOSTNAME_MISMATCH): (Cause.CERTIFICATE_INVALID, Cause.TLS_INSPECTION),
+}
+
+
+def row_source(row: VerdictRow) -> str:
+    if row.documented:
+        return "documented by the article"
+    if row.hresult.startswith("0x8019"):
+        return "our inference (HTTP status as an hresult, FACILITY_HTTP)"
+    return "our inference from the WinHTTP error list"
+
+
+def render_verdict_table() -> list[str]:
+    """VERDICT_TABLE as Markdown table lines, as docs/maps-validation.md holds it."""
+    lines = [
+        "| reason | hresult | WinHTTP name | cause | source |",
+        "|---|---|---|---|---|",
+    ]
+    for row in VERDICT_TABLE.values():
+        causes = ALTERNATE_CAUSES.get(row.reason, (row.cause,))
+        cause = " / ".join(f"`{c}`" for c in causes)
+        lines.append(f"| `{row.reason}` | `{row.hresult}` | {row.winhttp_name} | {cause} | {row_source(row)} |")
+    return lines

@@ -26,13 +26,26 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from .config import ConnectTo, Limits, Route
-from .probes._net import ProbeFailure, ProbeState, exchange, open_stream, proxy_generated, translate
+from .reasons import Reason
+from .probes._net import (
+    USER_AGENT,
+    HTTPAnswer,
+    ProbeFailure,
+    ProbeState,
+    open_stream,
+    proxy_authorization,
+    proxy_generated,
+    read_head,
+    translate,
+)
+from .probes._net import Stream as _Stream
 
 log = logging.getLogger("exporter.crl")
 
 RECHECK_SECONDS = 15.0
 MAX_CACHED_CRLS = 64
 MAX_CACHED_ISSUERS = 256
+MAX_ISSUER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,7 @@ class CRLDocument:
     next_update: float | None
     etag: str | None
     last_modified: str | None
+    digest: bytes = b""  # SHA-256 of the CRL: identifies this body for the signature cache
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,7 @@ class RevocationStatus:
     status: str  # good | revoked | unreachable | invalid | stale | unknown (no distribution point)
     url: str = ""
     detail: str = ""
+    http_status: int = 0  # for unreachable: the status that made it so (e.g. 407 from the proxy), else 0
 
 
 class CRLCache:
@@ -82,9 +97,9 @@ class CRLCache:
         self.connect_to = connect_to
         self.documents: OrderedDict[str, CRLDocument] = OrderedDict()
         self.checks: dict[tuple[str, str], CRLCheck] = {}
-        self.signature_ok: dict[tuple[int, bytes], bool] = {}
-        self.issuers: OrderedDict[str, x509.Certificate | None] = OrderedDict()
-        self._in_flight: dict[tuple[str, str], asyncio.Future] = {}
+        self.signature_ok: dict[tuple[bytes, bytes], bool] = {}
+        self.issuers: OrderedDict[str, tuple[x509.Certificate | None, float]] = OrderedDict()
+        self._in_flight: dict[tuple[str, str], asyncio.Task] = {}
 
     def reconfigure(self, limits: Limits, connect_to: tuple[ConnectTo, ...]) -> None:
         self.limits, self.connect_to = limits, connect_to
@@ -96,22 +111,19 @@ class CRLCache:
         recent = self.checks.get(key)
         if recent is not None and time.time() - recent.checked_at < RECHECK_SECONDS:
             return recent
-        pending = self._in_flight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = future
-        try:
-            result = await self._fetch(url, route, timeout)
-            self.checks[key] = result
-            future.set_result(result)
-            return result
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters get it, nobody else must
-            raise
-        finally:
-            del self._in_flight[key]
+        task = self._in_flight.get(key)
+        if task is None:
+            # The fetch is a task of its own: a caller that is cancelled (its job
+            # overran) does not cancel the fetch the other callers are waiting on.
+            task = asyncio.get_running_loop().create_task(self._fetch_and_store(key, url, route, timeout))
+            self._in_flight[key] = task
+            task.add_done_callback(lambda t, key=key: self._in_flight.pop(key, None) if self._in_flight.get(key) is t else None)
+        return await asyncio.shield(task)
+
+    async def _fetch_and_store(self, key: tuple[str, str], url: str, route: Route, timeout: float) -> CRLCheck:
+        result = await self._fetch(url, route, timeout)
+        self.checks[key] = result
+        return result
 
     async def _fetch(self, url: str, route: Route, timeout: float) -> CRLCheck:
         parts = urlsplit(url)
@@ -129,13 +141,14 @@ class CRLCache:
                 conditional += f"If-Modified-Since: {cached.last_modified}\r\n"
         stream = answer = None
         failure: ProbeFailure | None = None
+        too_large = False
         try:
             async with asyncio.timeout(timeout):
                 stream = await open_stream(parts.hostname, port, route, self.connect_to, self.limits, state, tunnel=False)
                 target = url if stream.proxy else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
                 authority = parts.netloc.rpartition("@")[2]
-                answer = await exchange(stream, target, authority, self.limits, state, extra_headers=conditional,
-                                        keep_body=True, body_cap=self.limits.crl_bytes)
+                answer, too_large = await _get(stream, target, authority, self.limits, state,
+                                               extra_headers=conditional, cap=self.limits.crl_bytes)
         except Exception as exc:  # noqa: BLE001 - becomes "unreachable" with the reason's words
             failure = translate(exc, state)
         finally:
@@ -147,15 +160,16 @@ class CRLCache:
                             f"{failure.reason}: {failure.detail}")
         assert answer is not None
         if stream is not None and stream.proxy is not None and proxy_generated(answer) is not None:
+            note = answer.header("X-Squid-Error") or answer.header("Proxy-Status") or ""
             return CRLCheck(url, route.name, False, duration, started, answer.status,
-                            f"the proxy answered {answer.status} itself ({answer.header('X-Squid-Error') or ''})")
+                            f"the proxy answered {answer.status} {answer.reason_phrase} itself {note}".strip())
         if answer.status == 304 and cached is not None:
             self.documents.move_to_end(url)
             return CRLCheck(url, route.name, True, duration, started, 304, not_modified=True, document=cached)
         if answer.status != 200:
             return CRLCheck(url, route.name, False, duration, started, answer.status,
                             f"HTTP {answer.status} {answer.reason_phrase}")
-        if answer.truncated:
+        if too_large:
             return CRLCheck(url, route.name, True, duration, started, 200, too_large=True, invalid_body=True,
                             error=f"CRL larger than the cap of {self.limits.crl_bytes} bytes (limits.crl_bytes)")
         document, error = _parse(url, answer.body, answer.header("ETag"), answer.header("Last-Modified"))
@@ -168,9 +182,13 @@ class CRLCache:
         return CRLCheck(url, route.name, True, duration, started, 200, document=document)
 
     async def fetch_issuer(self, url: str, route: Route, timeout: float) -> x509.Certificate | None:
-        """The issuing CA certificate from an AIA caIssuers URL (DER or PEM), cached."""
-        if url in self.issuers:
-            return self.issuers[url]
+        """The issuing CA certificate from an AIA caIssuers URL (DER or PEM), cached.
+
+        A failed fetch is remembered for RECHECK_SECONDS only, then tried again."""
+        known = self.issuers.get(url)
+        if known is not None and (known[0] is not None or time.time() - known[1] < RECHECK_SECONDS):
+            self.issuers.move_to_end(url)
+            return known[0]
         parts = urlsplit(url)
         cert = None
         if parts.scheme == "http" and parts.hostname:
@@ -180,17 +198,18 @@ class CRLCache:
                 async with asyncio.timeout(timeout):
                     stream = await open_stream(parts.hostname, parts.port or 80, route, self.connect_to,
                                                self.limits, state, tunnel=False)
-                    target = url if stream.proxy else (parts.path or "/")
-                    answer = await exchange(stream, target, parts.netloc, self.limits, state,
-                                            keep_body=True, body_cap=64 * 1024)
-                if answer.status == 200 and not answer.truncated:
+                    target = url if stream.proxy else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+                    answer, too_large = await _get(stream, target, parts.netloc.rpartition("@")[2], self.limits,
+                                                   state, cap=MAX_ISSUER_BYTES)
+                if answer.status == 200 and not too_large:
                     cert = _load_cert(answer.body)
             except Exception as exc:  # noqa: BLE001 - an unreachable AIA URL just means "unknown issuer"
                 log.debug("AIA fetch of %s failed: %s", url, exc)
             finally:
                 if stream is not None:
                     stream.abort()
-        self.issuers[url] = cert
+        self.issuers[url] = (cert, time.time())
+        self.issuers.move_to_end(url)
         while len(self.issuers) > MAX_CACHED_ISSUERS:
             self.issuers.popitem(last=False)
         return cert
@@ -202,7 +221,7 @@ class CRLCache:
         """The status of `cert` according to one check of one of its distribution points."""
         now = time.time() if now is None else now
         if not check.reachable:
-            return RevocationStatus("unreachable", check.url, check.error)
+            return RevocationStatus("unreachable", check.url, check.error, check.http_status)
         if check.invalid_body or check.document is None:
             return RevocationStatus("invalid", check.url, check.error or "no CRL in the answer")
         doc = check.document
@@ -220,9 +239,8 @@ class CRLCache:
         return RevocationStatus("good", check.url)
 
     def _signature_ok(self, doc: CRLDocument, issuer: x509.Certificate) -> bool:
-        # Keyed by the document object itself (a new download is a new object),
-        # so a signature is checked once per CRL body and issuer.
-        key = (id(doc), issuer.fingerprint(hashes.SHA256()))
+        # Keyed by the CRL's digest, so a signature is checked once per CRL body and issuer.
+        key = (doc.digest, issuer.fingerprint(hashes.SHA256()))
         known = self.signature_ok.get(key)
         if known is None:
             try:
@@ -245,7 +263,7 @@ class CRLCache:
             return False
         if doc.next_update is not None and doc.next_update < now:
             return False
-        signatures = [ok for (doc_id, _), ok in self.signature_ok.items() if doc_id == id(doc)]
+        signatures = [ok for (digest, _), ok in self.signature_ok.items() if digest == doc.digest]
         return all(signatures)
 
 
@@ -260,7 +278,8 @@ def _parse(url: str, body: bytes, etag: str | None, last_modified: str | None) -
         issuer = crl.issuer.rfc4514_string()
     except Exception as exc:  # noqa: BLE001 - garbage in, crl_invalid out
         return None, f"not a CRL (DER or PEM): {str(exc)[:120]}"
-    return CRLDocument(url, crl, len(body), issuer, this_update, next_update, etag, _http_date(last_modified)), ""
+    return CRLDocument(url, crl, len(body), issuer, this_update, next_update, etag, _http_date(last_modified),
+                       crl.fingerprint(hashes.SHA256())), ""
 
 
 def _http_date(value: str | None) -> str | None:
@@ -285,3 +304,69 @@ def _load_cert(body: bytes) -> x509.Certificate | None:
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
+
+
+async def _get(stream: _Stream, target: str, authority: str, limits: Limits, state: ProbeState, *,
+               extra_headers: str = "", cap: int) -> tuple[HTTPAnswer, bool]:
+    """One GET with a body capped at `cap` bytes: (answer, too_large).
+
+    A body announced (Content-Length) or found (chunked, or read to the close)
+    to be over the cap is not read further and not kept: the answer then has
+    no body and too_large is True. Chunked bodies are de-chunked (a proxy may
+    re-frame a CRL that way)."""
+    auth = proxy_authorization(stream.proxy) if stream.proxy and target.startswith("http://") else ""
+    stream.writer.write((
+        f"GET {target} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: {USER_AGENT}\r\n"
+        f"Accept: */*\r\nConnection: close\r\n{auth}{extra_headers}\r\n").encode("latin-1"))
+    await stream.writer.drain()
+    state.clock.begin("processing", "waiting for the first byte of the response")
+    head = await read_head(stream.reader, limits, state)
+    if head.status in (204, 304) or 100 <= head.status < 200 or head.status != 200:
+        # Only a 200 carries a CRL; other bodies are not needed.
+        state.clock.stop()
+        return head, False
+    reader = stream.reader
+    chunks: list[bytes] = []
+    got = 0
+    encoding = (head.header("Transfer-Encoding") or "").lower()
+    length_text = head.header("Content-Length")
+    if "chunked" in encoding:
+        while True:
+            size_line = await reader.readline()
+            try:
+                size = int(size_line.split(b";", 1)[0].strip() or b"x", 16)
+            except ValueError:
+                raise ProbeFailure(Reason.HTTP_ERROR, "malformed chunked body") from None
+            if size == 0:
+                break
+            if got + size > cap:
+                return _bodiless(head), True
+            chunks.append(await reader.readexactly(size))
+            got += size
+            await reader.readexactly(2)  # CRLF after the chunk
+    elif length_text is not None and length_text.isdigit():
+        length = int(length_text)
+        if length > cap:
+            return _bodiless(head), True
+        while got < length:
+            chunk = await reader.read(min(65536, length - got))
+            if not chunk:
+                raise ProbeFailure(Reason.CONNECTION_RESET, f"connection closed after {got} of {length} body bytes")
+            chunks.append(chunk)
+            got += len(chunk)
+    else:  # read to the close
+        while True:
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            got += len(chunk)
+            if got > cap:
+                return _bodiless(head), True
+            chunks.append(chunk)
+    state.clock.stop()
+    body = b"".join(chunks)
+    return HTTPAnswer(head.status, head.reason_phrase, head.headers, body, len(body), False), False
+
+
+def _bodiless(head: HTTPAnswer) -> HTTPAnswer:
+    return HTTPAnswer(head.status, head.reason_phrase, head.headers, b"", 0, True)
