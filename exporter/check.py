@@ -1,16 +1,20 @@
 """`check`: probe once, print a table per group and the MAPS verdict.
 
 Text for a person at a terminal (progress on stderr when it is a terminal);
-JSON for scripts, with a stable shape (docs/check-json.md):
+JSON for scripts, with a stable shape (docs/check-json.md; a test keeps the
+two in step):
 
     {"format": 1, "success": false,
      "groups": [{"group": "maps", "targets": [{"target": ..., "route": ..., "pattern": ...,
                  "success": false, "reason": "dns_error", "detail": ..., "duration_seconds": 0.001,
                  "http_status": 0, "phases": {...}, "tls_verified": null,
                  "revoked": null, "intercepted": null}]}],
-     "maps": [{"target": ..., "route": ..., "valid": false, "hresult": "0x80072EE7",
-               "cause": "dns_failure", "reason": "dns_error", "message": "ValidateMapsConnection ...",
-               "remedy": "..."}]}
+     "maps": [{"target": ..., "route": ..., "source": "emulated", "valid": false,
+               "hresult": "0x80072EE7", "cause": "dns_failure", "reason": "dns_error", "detail": ...,
+               "message": "ValidateMapsConnection ...", "remedy": "..."}]}
+
+Exit codes: 0 every check passed, 1 a probe failed or a MAPS verdict is
+invalid, 2 bad usage (unknown flag or --group, bad configuration file).
 """
 
 from __future__ import annotations
@@ -56,6 +60,13 @@ def run_check(args: argparse.Namespace) -> int:
     else:
         _print_text(results, sys.stdout)
     return 0 if ok else 1
+
+
+def _remedy(cause: str) -> str | None:
+    try:
+        return REMEDIES.get(Cause(cause)) if cause else None
+    except ValueError:  # a cause from a newer table: no remedy text, still no crash
+        return None
 
 
 def _job_ok(outcome: Outcome) -> bool:
@@ -119,7 +130,7 @@ def _print_text(results, out: TextIO) -> None:
         if not verdict.valid:
             out.write(f"  reason: {verdict.reason}" + (f" ({verdict.detail})" if verdict.detail else "") + "\n")
             out.write(f"  cause:  {verdict.cause}\n")
-            remedy = REMEDIES.get(Cause(verdict.cause)) if verdict.cause in Cause.__members__.values() else None
+            remedy = _remedy(verdict.cause)
             if remedy:
                 out.write(f"  fix:    {remedy}\n")
     failed = sum(1 for _, o in results if not _job_ok(o))
@@ -150,12 +161,14 @@ def _as_json(results, ok: bool) -> dict:
             maps.append({
                 "target": job.target.url,
                 "route": job.route.name,
+                "source": v.source,
                 "valid": v.valid,
                 "hresult": v.hresult or None,
                 "cause": v.cause or None,
                 "reason": v.reason or None,
+                "detail": v.detail or None,
                 "message": mpcmdrun_line(v),
-                "remedy": REMEDIES.get(Cause(v.cause)) if v.cause else None,
+                "remedy": _remedy(v.cause),
             })
     return {
         "format": JSON_FORMAT_VERSION,
