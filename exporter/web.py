@@ -1,68 +1,109 @@
-"""The HTTP side: /metrics, /-/healthy, /-/ready, /-/reload and a landing page.
+"""The HTTP side: /metrics, /probe, /config, the status page and the lifecycle endpoints.
 
-Handlers only read the ResultStore; nothing here waits for a probe.
+    GET  /           status page (statuspage.py): every target, its last result, the MAPS verdict
+    GET  /metrics    the exposition, built from the ResultStore (a scrape never probes)
+    GET  /probe      ?target=URL[&route=R][&group=G][&debug=true]: one probe now (ondemand.py)
+    GET  /config     the running configuration as YAML, proxy passwords redacted
+    GET  /-/healthy  200 while the process serves (open even with basic auth)
+    GET  /-/ready    200 once every job of the first configuration has a result, else 503 (open)
+    POST /-/reload   re-read the config file (as SIGHUP does); 500 keeps the running config
+
+Only /probe waits for the network, and it is allow-listed and rate limited.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import html
 import logging
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import __version__
+from . import ondemand
+from .ondemand import NotAllowed, ProbeLimits, RateLimiter, Redactor
 from .runtime import Exporter
+from .statuspage import render_config, render_status
 from .webconfig import WebConfig
 
 log = logging.getLogger("exporter.web")
 
 EXPORTER_KEY = web.AppKey("exporter", Exporter)
-
+LIMITER_KEY = web.AppKey("probe_limiter", RateLimiter)
 
 # Health checks of containers and load balancers carry no credentials.
 OPEN_PATHS = frozenset({"/-/healthy", "/-/ready"})
+# bcrypt costs tens of milliseconds a check by design: run it off the event loop,
+# a few at a time, so a flood of wrong passwords cannot stall probes or scrapes.
+BCRYPT_CONCURRENCY = 2
+TEXT = "text/plain"
 
 
-def make_app(exporter: Exporter, *, web_config: WebConfig | None = None) -> web.Application:
-    middlewares = []
+def make_app(exporter: Exporter, *, web_config: WebConfig | None = None,
+             probe_limits: ProbeLimits | None = None) -> web.Application:
+    middlewares = [_errors_middleware]
     if web_config is not None:
         middlewares.append(_security_middleware(web_config))
     app = web.Application(client_max_size=64 * 1024, middlewares=middlewares)
     app[EXPORTER_KEY] = exporter
+    app[LIMITER_KEY] = RateLimiter(probe_limits or ProbeLimits())
+    app.router.add_get("/", status_page)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/probe", probe)
+    app.router.add_get("/config", config)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
     app.router.add_post("/-/reload", reload)
-    app.router.add_get("/", landing)
     return app
 
 
+@web.middleware
+async def _errors_middleware(request: web.Request, handler):
+    """A bug in a handler answers 500 and is logged; it never takes the server down."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("handler for %s failed", request.path)
+        return web.Response(status=500, text="Internal error; see the exporter's log.\n")
+
+
 def _security_middleware(config: WebConfig):
+    semaphore = asyncio.Semaphore(BCRYPT_CONCURRENCY)
+
     @web.middleware
     async def middleware(request: web.Request, handler):
-        if config.users and request.path not in OPEN_PATHS and not _authorized(request, config):
+        if config.users and request.path not in OPEN_PATHS and not await _authorized(request, config, semaphore):
             response = web.Response(status=401, text="Unauthorized\n",
                                     headers={"WWW-Authenticate": 'Basic realm="defender-connectivity-exporter"'})
         else:
-            response = await handler(request)
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                exc.headers.update(config.headers)
+                raise
         response.headers.update(config.headers)
         return response
 
     return middleware
 
 
-def _authorized(request: web.Request, config: WebConfig) -> bool:
+async def _authorized(request: web.Request, config: WebConfig, semaphore: asyncio.Semaphore) -> bool:
     header = request.headers.get("Authorization", "")
     if not header.startswith("Basic "):
         return False
     try:
-        user, _, password = base64.b64decode(header[6:], validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+        user, sep, password = base64.b64decode(header[6:], validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
         return False
-    return config.check_password(user, password)
+    if not sep:
+        return False
+    async with semaphore:
+        return await asyncio.to_thread(config.check_password, user, password)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -87,27 +128,48 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def reload(request: web.Request) -> web.Response:
-    ok, error = await request.app[EXPORTER_KEY].reload()
-    if ok:
-        return web.Response(text="Reloaded.\n")
-    return web.Response(status=500, text=f"Reload failed; the running configuration is kept.\n{error}\n")
-
-
-async def landing(request: web.Request) -> web.Response:
     exporter = request.app[EXPORTER_KEY]
-    store = exporter.store
-    failing = sum(1 for o in store.latest.values() if not o.probe.success)
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Defender connectivity exporter</title></head>
-<body>
-<h1>Defender connectivity exporter {html.escape(__version__)}</h1>
-<p>{len(store.jobs)} probe jobs, {len(store.latest)} with a result, {failing} failing.
-Configuration: {html.escape(exporter.config.source)}.</p>
-<ul>
-<li><a href="metrics">Metrics</a></li>
-<li><a href="-/healthy">Health</a></li>
-<li><a href="-/ready">Readiness</a></li>
-</ul>
-</body></html>
-"""
-    return web.Response(text=page, content_type="text/html")
+    ok, error = await exporter.reload()
+    if ok:
+        return web.Response(text=f"Reloaded: {len(exporter.store.jobs)} probe jobs.\n")
+    # ConfigError messages never echo a proxy URL; redact against the running config anyway.
+    return web.Response(status=500,
+                        text=f"Reload failed; the running configuration is kept.\n{Redactor(exporter.config)(error)}\n")
+
+
+async def status_page(request: web.Request) -> web.Response:
+    exporter = request.app[EXPORTER_KEY]
+    page = render_status(exporter.config, exporter.store)
+    return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+
+async def config(request: web.Request) -> web.Response:
+    return web.Response(text=render_config(request.app[EXPORTER_KEY].config), content_type=TEXT)
+
+
+async def probe(request: web.Request) -> web.Response:
+    exporter = request.app[EXPORTER_KEY]
+    query = request.query
+    debug = query.get("debug", "").lower() in ("1", "true", "yes")
+    try:
+        job = ondemand.find_job(exporter.config, query.get("target", ""),
+                                route=query.get("route") or None, group=query.get("group") or None)
+    except NotAllowed as exc:
+        return web.Response(status=400, text=f"{exc}\n", content_type=TEXT)
+    limiter = request.app[LIMITER_KEY]
+    key = job.target.url
+    wait = limiter.acquire(key)
+    if wait > 0:
+        seconds = ondemand.retry_after(wait)
+        log.debug("on-demand probe of %s refused by the rate limit; retry in %s s", key, seconds)
+        return web.Response(status=429, text=f"Too many on-demand probes; retry in {seconds} s.\n",
+                            headers={"Retry-After": seconds}, content_type=TEXT)
+    try:
+        result = await ondemand.run(exporter, job)
+    finally:
+        limiter.release(key)
+    if debug:
+        return web.Response(text=ondemand.render_debug(result, Redactor(exporter.config)), content_type=TEXT)
+    if result.outcome is None:
+        return web.Response(status=504, text=f"{result.error}\n", content_type=TEXT)
+    return web.Response(body=ondemand.exposition(result), headers={"Content-Type": CONTENT_TYPE_LATEST})
