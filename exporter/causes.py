@@ -121,8 +121,9 @@ REMEDIES: dict[Cause, str] = {
         "*.wdcpalt.microsoft.com, *.wd.microsoft.com) on the Defender route."),
     Cause.DNS_FAILURE: "The MAPS host name does not resolve: check the DNS servers and any DNS filtering.",
     Cause.PROXY_AUTH: (
-        "The proxy asks for authentication, which the Defender service (running as SYSTEM) cannot give: "
-        "allow the Defender endpoints without authentication for machine accounts."),
+        "The proxy asks for authentication, which the Defender service and the operating system's CRL "
+        "fetch (both running as SYSTEM) cannot give: allow the Defender endpoints and the certificate "
+        "revocation URLs without authentication for machine accounts."),
     Cause.PROXY_DENIED: "The proxy's policy denies the MAPS hosts: add them to its allow list.",
     Cause.TIMEOUT: "The connection is too slow or stalls: check the proxy's and the uplink's load.",
     Cause.HTTP_ERROR: "The MAPS service or a proxy gave an invalid answer: check the proxy's logs.",
