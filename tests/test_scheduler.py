@@ -1,0 +1,115 @@
+"""The scheduler with real probes against lab servers: first round at once, spread
+afterwards, bounded concurrency, a hanging endpoint delaying nobody."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from lab.servers import Delay, NeverAnswer, Ok
+from prometheus_client.parser import text_string_to_metric_families
+from support import ExporterThread, lab_config
+
+from conftest import free_port
+from exporter.assess import Assessor
+from exporter.config import load_config
+from exporter.probes import ProbeEnv
+from exporter.scheduler import Scheduler
+from exporter.state import ResultStore
+
+
+def _plain_targets(lab_servers, n, behaviour):
+    """n plain-HTTP lab hosts (distinct names, one server), as (urls, connect_to)."""
+    server = lab_servers.serve(behaviour, port=80)
+    urls = [f"http://host{i}.lab.example/" for i in range(n)]
+    return urls, [f"host{i}.lab.example:80:{server.ip}:80" for i in range(n)], server
+
+
+class Recorder:
+    """Wraps the real job runner to note when probes start and how many run at once."""
+
+    def __init__(self, config):
+        self.assessor = Assessor(config)
+        self.starts: list[tuple[float, str]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def __call__(self, job, env):
+        self.starts.append((time.monotonic(), job.target.url))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self.assessor.run(job, env)
+        finally:
+            self.in_flight -= 1
+
+
+def _run_scheduler(config, seconds: float):
+    async def main():
+        store = ResultStore()
+        recorder = Recorder(config)
+        scheduler = Scheduler(store, ProbeEnv.from_config(config), config.jobs(),
+                              concurrency=config.concurrency, runner=recorder)
+        started = time.monotonic()
+        task = asyncio.create_task(scheduler.run())
+        await asyncio.sleep(seconds)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return store, recorder, started
+
+    return asyncio.run(main())
+
+
+def test_first_round_at_once_then_spread_over_the_interval(tmp_path, lab_servers):
+    urls, connect_to, _ = _plain_targets(lab_servers, 10, Ok())
+    config = load_config(lab_config(tmp_path, {"intranet": urls}, connect_to=connect_to,
+                                    interval="2s", timeout="1s"))
+    store, recorder, started = _run_scheduler(config, 4.2)
+    first = [t - started for t, _ in recorder.starts[:10]]
+    assert max(first) < 0.5, "the first round starts at once"
+    assert len({u for _, u in recorder.starts[:10]}) == 10
+    later = sorted(t - started for t, _ in recorder.starts[10:])
+    assert len(later) >= 10, "every target is probed again within the next interval"
+    second = [t for t in later if t < first[0] + 4.0][:10]
+    gaps = [b - a for a, b in zip(second, second[1:])]
+    # Ten jobs in a 2 s interval: slots 0.2 s apart, never bunched together.
+    assert min(gaps) > 0.1, gaps
+    assert store.lag.count >= 10
+    assert all(key in store.latest for key in store.jobs)
+
+
+def test_concurrency_is_bounded(tmp_path, lab_servers):
+    urls, connect_to, _ = _plain_targets(lab_servers, 6, Delay(0.3))
+    config = load_config(lab_config(tmp_path, {"intranet": urls}, connect_to=connect_to,
+                                    interval="30s", timeout="2s", extra={"concurrency": 2}))
+    store, recorder, _ = _run_scheduler(config, 1.3)
+    assert recorder.max_in_flight == 2
+    assert len(store.latest) == 6  # 3 waves of 2 x 0.3 s
+
+
+def test_hanging_endpoint_delays_neither_others_nor_metrics(tmp_path, lab_servers):
+    hang = lab_servers.serve(NeverAnswer(), port=80)
+    ok = lab_servers.serve(Ok(), port=80)
+    path = lab_config(tmp_path, {
+        "intranet": {"targets": ["http://hang.lab.example/"], "interval": "5s", "timeout": "4s"},
+        "adl": {"targets": ["http://ok.lab.example/"], "interval": "1s", "timeout": "1s"},
+    }, connect_to=[hang.connect_to("hang.lab.example", 80), ok.connect_to("ok.lab.example", 80)])
+    port = free_port()
+    with ExporterThread(path, port=port) as exporter:
+        time.sleep(2.5)
+        started = time.monotonic()
+        status, body = exporter.get("/metrics")
+        scrape_seconds = time.monotonic() - started
+        store = exporter.exporter.store
+        ok_runs = exporter.call(lambda: store.stats[("adl", "http://ok.lab.example/", "defender")].successes)
+        hang_done = exporter.call(lambda: ("intranet", "http://hang.lab.example/", "defender") in store.latest)
+    assert status == 200 and scrape_seconds < 0.5
+    assert ok_runs >= 2, "the healthy target kept its interval while the other hung"
+    assert not hang_done, "the hanging probe was still running (its timeout is 4 s)"
+    success = {
+        s.labels["target"]: s.value
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+        if s.name == "defender_probe_success"
+    }
+    assert success == {"http://ok.lab.example/": 1.0}
