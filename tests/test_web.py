@@ -1,0 +1,332 @@
+"""--web.config.file for real: TLS, client certificates, basic auth; /config; secrets stay secret."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import bcrypt
+import pytest
+import yaml
+from lab.servers import Ok
+from support import ExporterThread, lab_config
+
+from conftest import free_port
+from exporter.webconfig import WebConfigError, load_web_config, parse_web_config
+
+MAPS = "https://wdcp.microsoft.com/"
+OTHER = "https://wd.microsoft.com/"
+REPO = Path(__file__).parent.parent
+
+
+def hashed(password: str, prefix: str = "$2b$") -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode().replace("$2b$", prefix, 1)
+
+
+def write_web_config(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "web.yml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def request(port: int, path: str, *, context: ssl.SSLContext | None = None, auth: tuple[str, str] | None = None,
+            method: str = "GET", header: str | None = None) -> tuple[int, dict, str]:
+    if context is None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    else:
+        conn = http.client.HTTPSConnection("localhost", port, timeout=10, context=context)
+    headers = {}
+    if auth is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    if header is not None:
+        headers["Authorization"] = header
+    try:
+        conn.request(method, path, headers=headers)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read().decode()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def healthy_config(tmp_path, lab_pki, lab_servers):
+    server = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_leaf("wdcp.microsoft.com"))
+    return lab_config(tmp_path, {"maps": [MAPS]}, connect_to=[server.connect_to("wdcp.microsoft.com", 443)],
+                      ca_file=lab_pki.ca_bundle_path, ssl_options=0)
+
+
+@pytest.fixture(scope="module")
+def web_pki(tmp_path_factory):
+    from lab.pki import LabPKI
+
+    pki = LabPKI.create(tmp_path_factory.mktemp("web-pki"), name="Web")
+    server = pki.issue_leaf(["localhost"])
+    client = pki.issue_leaf(["noc-prometheus"], server_auth=False)
+    return pki, server, client
+
+
+def client_context(pki, *, cert=None, max_version=None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki.ca_bundle_path))
+    if cert is not None:
+        ctx.load_cert_chain(cert.chain_path, cert.key_path)
+    if max_version is not None:
+        ctx.maximum_version = max_version
+    return ctx
+
+
+# ------------------------------------------------------------------ TLS
+
+
+def test_tls_serves_metrics_over_https(tmp_path, healthy_config, web_pki):
+    pki, server, _ = web_pki
+    web = load_web_config(str(write_web_config(tmp_path, {"tls_server_config": {
+        "cert_file": str(server.chain_path), "key_file": str(server.key_path)}})))
+    with ExporterThread(healthy_config, port=free_port(), web_config=web) as exp:
+        status, _, body = request(exp.port, "/metrics", context=client_context(pki))
+        assert status == 200 and "defender_exporter_build_info" in body
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionError, http.client.BadStatusLine)):
+            request(exp.port, "/metrics")  # plain HTTP to a TLS port gets nothing useful
+
+
+def test_require_and_verify_client_cert(tmp_path, healthy_config, web_pki, unknown_pki):
+    pki, server, client = web_pki
+    web = load_web_config(str(write_web_config(tmp_path, {"tls_server_config": {
+        "cert_file": str(server.chain_path), "key_file": str(server.key_path),
+        "client_auth_type": "RequireAndVerifyClientCert", "client_ca_file": str(pki.ca_bundle_path)}})))
+    stranger = unknown_pki.issue_leaf(["noc-prometheus"], server_auth=False)
+    with ExporterThread(healthy_config, port=free_port(), web_config=web) as exp:
+        status, _, _ = request(exp.port, "/metrics", context=client_context(pki, cert=client))
+        assert status == 200
+        for ctx in (client_context(pki), client_context(pki, cert=stranger)):
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                request(exp.port, "/metrics", context=ctx)
+        # health checks need a certificate too: TLS comes before HTTP
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            request(exp.port, "/-/healthy", context=client_context(pki))
+
+
+def test_verify_client_cert_if_given(tmp_path, healthy_config, web_pki, unknown_pki):
+    pki, server, client = web_pki
+    web = load_web_config(str(write_web_config(tmp_path, {"tls_server_config": {
+        "cert_file": str(server.chain_path), "key_file": str(server.key_path),
+        "client_auth_type": "VerifyClientCertIfGiven", "client_ca_file": str(pki.ca_bundle_path)}})))
+    stranger = unknown_pki.issue_leaf(["noc-prometheus"], server_auth=False)
+    with ExporterThread(healthy_config, port=free_port(), web_config=web) as exp:
+        assert request(exp.port, "/metrics", context=client_context(pki))[0] == 200
+        assert request(exp.port, "/metrics", context=client_context(pki, cert=client))[0] == 200
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            request(exp.port, "/metrics", context=client_context(pki, cert=stranger))
+
+
+def test_min_version_refuses_older_clients(tmp_path, healthy_config, web_pki):
+    pki, server, _ = web_pki
+    web = load_web_config(str(write_web_config(tmp_path, {"tls_server_config": {
+        "cert_file": str(server.chain_path), "key_file": str(server.key_path), "min_version": "TLS13"}})))
+    with ExporterThread(healthy_config, port=free_port(), web_config=web) as exp:
+        assert request(exp.port, "/-/healthy", context=client_context(pki))[0] == 200
+        with pytest.raises(ssl.SSLError):
+            request(exp.port, "/-/healthy", context=client_context(pki, max_version=ssl.TLSVersion.TLSv1_2))
+
+
+@pytest.mark.parametrize("auth_type", ["RequestClientCert", "RequireAnyClientCert"])
+def test_cli_refuses_client_auth_it_cannot_honour(tmp_path, web_pki, auth_type):
+    _, server, _ = web_pki
+    web = write_web_config(tmp_path, {"tls_server_config": {
+        "cert_file": str(server.chain_path), "key_file": str(server.key_path), "client_auth_type": auth_type,
+        "client_ca_file": str(server.chain_path)}})
+    config = lab_config(tmp_path, {"maps": [MAPS]})
+    done = subprocess.run([sys.executable, "-m", "exporter", "--config.file", str(config), "--web.config.file",
+                           str(web), "--web.listen-address", f"127.0.0.1:{free_port()}"],
+                          capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert done.returncode == 2
+    assert f"tls_server_config.client_auth_type: {auth_type} asks for a client certificate without verifying it" \
+        in done.stderr
+    assert "RequireAndVerifyClientCert or VerifyClientCertIfGiven" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"tls_server_config": {"cert_file": "x.crt"}}, "tls_server_config.key_file: required"),
+    ({"tls_server_config": {"cert_file": "missing.crt", "key_file": "missing.key"}}, "tls_server_config:"),
+    ({"tls_server_config": {"cert_file": "a", "key_file": "b", "min_version": "SSL3"}}, "min_version: expected one of"),
+    ({"tls_server_config": {"cert_file": "a", "key_file": "b", "client_auth_type": "VerifyClientCertIfGiven"}},
+     "client_ca_file: required"),
+    ({"basic_auth_users": {"alice": "plaintext"}}, "basic_auth_users.alice: expected a bcrypt hash"),
+    ({"basic_auth_users": ["alice"]}, "basic_auth_users: expected a mapping"),
+    ({"http_server_config": {"http2": True}}, "only `headers` is supported"),
+    ({"rate_limit": {}}, "rate_limit: unknown or unsupported key"),
+    ([], "(top level): expected a mapping"),
+])
+def test_invalid_web_configs_name_the_key(tmp_path, data, message):
+    with pytest.raises(WebConfigError) as info:
+        parse_web_config(data, str(tmp_path / "web.yml"))
+    assert message in str(info.value)
+
+
+# ------------------------------------------------------------------ basic auth
+
+
+@pytest.fixture
+def auth_exporter(tmp_path, healthy_config):
+    web = parse_web_config({
+        "basic_auth_users": {"prometheus": hashed("right horse"), "grafana": hashed("battery", "$2y$")},
+        "http_server_config": {"headers": {"X-Frame-Options": "deny"}},
+    }, str(tmp_path / "web.yml"))
+    with ExporterThread(healthy_config, port=free_port(), web_config=web) as exp:
+        yield exp
+
+
+def test_basic_auth(auth_exporter):
+    port = auth_exporter.port
+    status, headers, _ = request(port, "/metrics", auth=("prometheus", "right horse"))
+    assert status == 200 and headers["X-Frame-Options"] == "deny"
+    assert request(port, "/metrics", auth=("grafana", "battery"))[0] == 200  # $2y$ hashes (htpasswd) work
+    for auth in [("prometheus", "wrong"), ("grafana", "right horse"), ("nobody", "right horse"),
+                 ("prometheus", ""), ("prometheus", "x" * 100), ("", "")]:
+        status, headers, _ = request(port, "/metrics", auth=auth)
+        assert status == 401, auth
+        assert headers["WWW-Authenticate"].startswith("Basic realm=")
+        assert headers["X-Frame-Options"] == "deny"
+    for header in (None, "Bearer abc", "Basic !!!notbase64", "Basic " + base64.b64encode(b"no-colon").decode(),
+                   "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode()):
+        assert request(port, "/metrics", header=header)[0] == 401, header
+    for path in ("/", "/config", "/probe?target=" + MAPS):
+        assert request(port, path)[0] == 401, path
+    assert request(port, "/-/reload", method="POST")[0] == 401
+
+
+def test_health_endpoints_are_open_without_credentials(auth_exporter):
+    auth_exporter.wait_ready()
+    assert request(auth_exporter.port, "/-/healthy")[0] == 200
+    assert request(auth_exporter.port, "/-/ready")[0] == 200
+
+
+def test_wrong_passwords_do_not_stall_the_exporter(auth_exporter):
+    """bcrypt runs off the event loop: a burst of bad logins leaves /-/healthy fast."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = auth_exporter.port
+    with ThreadPoolExecutor(8) as pool:
+        bad = [pool.submit(request, port, "/metrics", auth=("prometheus", f"guess{i}")) for i in range(24)]
+        time.sleep(0.05)
+        started = time.perf_counter()
+        assert request(port, "/-/healthy")[0] == 200
+        elapsed = time.perf_counter() - started
+        assert all(f.result()[0] == 401 for f in bad)
+    assert elapsed < 0.5
+
+
+# ------------------------------------------------------------------ /config and secrets
+
+
+def test_config_endpoint_shows_the_running_config_redacted(tmp_path, lab_pki):
+    path = lab_config(tmp_path, {"maps": [MAPS]}, routes={"defender": "http://noc:t0p%2Fsecret@proxy.example:3128"},
+                      ca_file=lab_pki.ca_bundle_path)
+    with ExporterThread(path, port=free_port()) as exp:
+        status, headers, body = request(exp.port, "/config")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    assert "t0p" not in body and "secret" not in body
+    shown = yaml.safe_load(body)
+    assert shown["routes"]["defender"]["proxy"] == "http://noc:<redacted>@proxy.example:3128"
+    assert shown["routes"]["system"]["proxy"] is None
+    assert shown["groups"]["maps"]["targets"] == [MAPS]
+    assert shown["groups"]["maps"]["validate_maps"] is True
+    assert shown["tls"]["ca_file"] == str(lab_pki.ca_bundle_path)
+    assert shown["interval"] == "1m" and shown["timeout"] == "3s"
+
+
+SECRET = "Sup3r-s3cret-pr0xy-pw"
+
+
+def test_proxy_password_never_leaks(tmp_path, lab_pki, lab_servers, squid_factory):
+    """A real exporter process, debug logging, a real Squid asking for that password: the password
+    appears in none of stderr, /metrics, /, /config, /probe?debug=true, nor in a reload error."""
+    server = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_leaf(["wdcp.microsoft.com", "wd.microsoft.com"]))
+    hosts = {"wdcp.microsoft.com": server.ip, "wd.microsoft.com": server.ip}
+    squid = squid_factory(hosts, auth=("noc", SECRET))
+    wrong = squid_factory(hosts, auth=("noc", "other-password"))
+    routes = {"defender": squid.url.replace("http://", f"http://noc:{SECRET}@"),
+              "system": wrong.url.replace("http://", f"http://noc:{SECRET}@")}  # -> 407 on this route
+    config = lab_config(tmp_path, {"maps": {"targets": [MAPS, OTHER], "route": ["defender", "system"]}}, routes=routes,
+                        ca_file=lab_pki.ca_bundle_path, interval="2s", timeout="2s")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "--config.file", str(config), "--web.listen-address",
+         f"127.0.0.1:{port}", "--log.level", "debug"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    pages = {}
+    try:
+        wait_until_ready(port, process)
+        for path in ("/metrics", "/", "/config", f"/probe?target={MAPS}&route=defender&debug=true",
+                     f"/probe?target={OTHER}&route=system&debug=true"):
+            status, _, body = request(port, path)
+            assert status == 200, (path, body)
+            pages[path] = body
+        # a reload to a file whose proxy URL is malformed, with the password in it
+        config.write_text(config.read_text().replace(f"noc:{SECRET}@127.0.0.1:{squid.port}",
+                                                     f"noc:{SECRET}@127.0.0.1:notaport"))
+        status, _, body = request(port, "/-/reload", method="POST")
+        assert status == 500
+        pages["reload"] = body
+        time.sleep(2.5)  # more probe rounds, with debug logging
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0
+    pages["stderr"] = stderr
+    assert "CONNECT wdcp.microsoft.com:443 -> 200" in pages[f"/probe?target={MAPS}&route=defender&debug=true"]
+    assert "proxy_auth_required" in pages[f"/probe?target={OTHER}&route=system&debug=true"]
+    assert "noc:<redacted>@" in pages["/config"]
+    assert "config reload failed" in stderr
+    token = base64.b64encode(f"noc:{SECRET}".encode()).decode()
+    for name, text in pages.items():
+        assert SECRET not in text, f"the proxy password leaks in {name}"
+        assert token not in text, f"the proxy credentials leak (base64) in {name}"
+
+
+def wait_until_ready(port: int, process: subprocess.Popen, timeout: float = 20) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"exporter exited {process.returncode}: {process.stderr.read()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (OSError, urllib.error.HTTPError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError("exporter not ready in time")
+
+
+def test_cli_serves_tls_from_web_config(tmp_path, healthy_config, web_pki):
+    pki, server, _ = web_pki
+    web = write_web_config(tmp_path, {"tls_server_config": {
+        "cert_file": str(server.chain_path), "key_file": str(server.key_path)}})
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "exporter", "--config.file", str(healthy_config),
+                                "--web.config.file", str(web), "--web.listen-address", f"127.0.0.1:{port}"],
+                               stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        deadline = time.time() + 20
+        while True:
+            try:
+                status, _, _ = request(port, "/-/healthy", context=client_context(pki))
+                break
+            except OSError:
+                assert time.time() < deadline and process.poll() is None
+                time.sleep(0.1)
+        assert status == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=10)
+    assert f"listening on https://127.0.0.1:{port}" in stderr
