@@ -168,7 +168,8 @@ class Assessor:
 
         tasks = [asyncio.ensure_future(one(i, facts)) for i, facts in enumerate(path[:-1])]
         try:
-            done, pending = await asyncio.wait(tasks, timeout=_left(deadline)) if tasks else (set(), set())
+            if tasks:
+                await asyncio.wait(tasks, timeout=_left(deadline))
         finally:
             for task in tasks:
                 if not task.done():
@@ -197,9 +198,9 @@ class Assessor:
                     continue
                 try:
                     cert.verify_directly_issued_by(root)
-                    return True
-                except Exception:  # noqa: BLE001 - wrong signature or unsupported key: not issued by it
+                except Exception:  # noqa: BLE001, S112 - wrong signature or unsupported key: not issued by it
                     continue
+                return True
         return False
 
     def _known_roots(self) -> dict[bytes, x509.Certificate]:

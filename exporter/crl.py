@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -26,7 +27,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from .config import ConnectTo, Limits, Route
-from .reasons import Reason
 from .probes._net import (
     USER_AGENT,
     HTTPAnswer,
@@ -39,6 +39,7 @@ from .probes._net import (
     translate,
 )
 from .probes._net import Stream as _Stream
+from .reasons import Reason
 
 log = logging.getLogger("exporter.crl")
 
@@ -117,8 +118,14 @@ class CRLCache:
             # overran) does not cancel the fetch the other callers are waiting on.
             task = asyncio.get_running_loop().create_task(self._fetch_and_store(key, url, route, timeout))
             self._in_flight[key] = task
-            task.add_done_callback(lambda t, key=key: self._in_flight.pop(key, None) if self._in_flight.get(key) is t else None)
+            task.add_done_callback(functools.partial(self._forget, key))
         return await asyncio.shield(task)
+
+    def _forget(self, key: tuple[str, str], task: asyncio.Task) -> None:
+        if self._in_flight.get(key) is task:
+            del self._in_flight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure reaches the waiters, not the loop's log
 
     async def _fetch_and_store(self, key: tuple[str, str], url: str, route: Route, timeout: float) -> CRLCheck:
         result = await self._fetch(url, route, timeout)
@@ -244,7 +251,7 @@ class CRLCache:
         known = self.signature_ok.get(key)
         if known is None:
             try:
-                known = doc.crl.is_signature_valid(issuer.public_key())
+                known = doc.crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
             except Exception:  # noqa: BLE001 - unsupported key type and the like
                 known = False
             if len(self.signature_ok) > 4 * MAX_CACHED_CRLS:

@@ -22,7 +22,13 @@ from lab.servers import Files, Ok, free_port, refused_address
 from prometheus_client.parser import text_string_to_metric_families
 from support import ExporterThread, lab_config, outcome_for, root_fingerprint
 
-from exporter.causes import ARTICLE_HRESULTS, VERDICT_TABLE, Cause, Finding, render_verdict_table
+from exporter.causes import (
+    ARTICLE_HRESULTS,
+    VERDICT_TABLE,
+    Cause,
+    Finding,
+    render_verdict_table,
+)
 from exporter.reasons import Reason
 
 MAPS = "https://wdcp.microsoft.com/"
@@ -382,3 +388,34 @@ def test_every_cause_has_a_remedy_and_is_documented():
     for cause in Cause:
         assert REMEDIES.get(cause), f"no remedy for {cause}"
         assert f"`{cause.value}`" in doc, f"docs/maps-validation.md does not explain {cause}"
+
+
+# ------------------------------------------------------------------ time bounds
+
+
+def test_hanging_crl_servers_cost_one_budget_not_one_timeout_each(tmp_path, lab_pki, lab_servers):
+    """CRL hosts that accept and never answer: the chain's CRLs are checked concurrently within
+    one budget, so the job ends after about one timeout (not one per certificate), with a verdict."""
+    from lab.servers import NeverAnswer
+
+    lab = MapsLab(tmp_path, lab_pki, lab_servers)
+    hang = lab_servers.serve(NeverAnswer(), port=80)
+    rules = lab.direct_maps() + [hang.connect_to(host, 80) for host in CRL_HOSTS]
+    path = lab_config(tmp_path, {"maps": {"targets": [MAPS], "expected_roots": [root_fingerprint(lab_pki)],
+                                          "timeout": "1s"}},
+                      connect_to=rules, ca_file=lab_pki.ca_bundle_path)
+    started = time.monotonic()
+    outcome = outcome_for(path, MAPS)
+    elapsed = time.monotonic() - started
+    assert outcome.probe.success
+    assert_invalid(outcome, reason=Finding.CRL_UNREACHABLE, cause=Cause.CRL_BLOCKED)
+    assert "timeout" in outcome.maps.detail
+    assert 0.9 < elapsed < 1.8, elapsed
+
+
+def test_revocation_budget():
+    from exporter.assess import REVOCATION_GRACE, _revocation_budget
+
+    assert _revocation_budget(10, 0.1) == 10  # a fast probe leaves the whole timeout
+    assert _revocation_budget(10, 10) == REVOCATION_GRACE  # a slow one leaves the grace
+    assert _revocation_budget(1, 1) == 1
