@@ -284,10 +284,10 @@ def overview() -> dict:
           w=24, h=9)
     b.row("Latency")
     b.add(timeseries("Probe latency p50 / p95 per group", "From the defender_probe_latency_seconds histogram.", [
-        target("histogram_quantile(0.50, sum by (group, le) (rate(defender_probe_latency_seconds_bucket"
-               f"{{{SEL_G}}}[$__rate_interval])))", "p50 {{group}}"),
-        target("histogram_quantile(0.95, sum by (group, le) (rate(defender_probe_latency_seconds_bucket"
-               f"{{{SEL_G}}}[$__rate_interval])))", "p95 {{group}}"),
+        target("histogram_quantile(0.50, sum by (site, group, le) (rate(defender_probe_latency_seconds_bucket"
+               f"{{{SEL_G}}}[$__rate_interval])))", "p50 {{site}} {{group}}"),
+        target("histogram_quantile(0.95, sum by (site, group, le) (rate(defender_probe_latency_seconds_bucket"
+               f"{{{SEL_G}}}[$__rate_interval])))", "p95 {{site}} {{group}}"),
     ], unit="s"), w=12, h=9)
     b.add(timeseries("Phase breakdown per group", "Average time of each phase of the last probe "
                      "(resolve, connect, proxy_connect, tls, processing, transfer).", [
@@ -299,7 +299,7 @@ def overview() -> dict:
                      "min by (site, instance, group, target, depth, subject, issuer) "
                      f"(defender_tls_cert_not_after_timestamp_seconds{{{SEL_G}}}) - time()",
                      unit="s", value_name="expires in", sort_by="expires in", thresholds=EXPIRY_STEPS), w=12, h=9)
-    b.add(info_table("TLS interception", "Targets whose chain does not end at the group's expected roots.",
+    b.add(info_table("Intercepted targets", "Targets whose chain does not end at the group's expected roots.",
                      f"max by (site, instance, group, target, route) (defender_tls_intercepted{{{SEL_G}}})",
                      value_name="intercepted", mappings=YES_NO_BAD, sort_by="intercepted"), w=12, h=9)
     b.add(info_table("CRL freshness", "Time left until nextUpdate of each cached CRL (negative: stale).",

@@ -209,12 +209,11 @@ DETAIL = build.DETAIL_UID
 HEALTHY_MAPS = {"group": "maps", "target": sc.MAPS_URL, "route": "defender"}
 
 # (dashboard uid, panel title) -> one Panel per expression of that title, in expressions() order
-# (the overview has two panels called "TLS interception": the stat, then the table).
 PANELS: dict[tuple[str, str], list[Panel]] = {
     (OVERVIEW, "MAPS verdict"): [Panel(sc.HEALTHY, _all(1))],
     (OVERVIEW, "Failing probes"): [Panel(sc.WINHTTP, _positive)],
-    (OVERVIEW, "TLS interception"): [Panel(sc.INSPECTION, _positive, group="maps"),
-                                     Panel(sc.INSPECTION, _some(1), group="maps")],
+    (OVERVIEW, "TLS interception"): [Panel(sc.INSPECTION, _positive, group="maps")],
+    (OVERVIEW, "Intercepted targets"): [Panel(sc.INSPECTION, _some(1), group="maps")],
     (OVERVIEW, "Firing Defender alerts"): [Panel(sc.WINHTTP, _positive)],
     (OVERVIEW, "Oldest probe result"): [Panel(sc.HEALTHY, _finite)],
     (OVERVIEW, "Group status per site"): [Panel(sc.HEALTHY, _all(1))],
