@@ -419,3 +419,11 @@ def test_revocation_budget():
     assert _revocation_budget(10, 0.1) == 10  # a fast probe leaves the whole timeout
     assert _revocation_budget(10, 10) == REVOCATION_GRACE  # a slow one leaves the grace
     assert _revocation_budget(1, 1) == 1
+
+
+def test_revocation_grace_fits_the_schedulers_safety_margin():
+    """The scheduler drops a job at timeout + SAFETY_MARGIN: revocation must end before."""
+    from exporter.assess import REVOCATION_GRACE
+    from exporter.scheduler import SAFETY_MARGIN
+
+    assert REVOCATION_GRACE < SAFETY_MARGIN
