@@ -31,21 +31,18 @@ plus a few seconds, well inside the scheduler's safety margin.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import ssl
 import time
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives import hashes
 
 from .causes import VERDICT_TABLE, Cause, Finding
-from .config import Config, ProbeJob, Route, bundled_root_pems
+from .config import Config, ProbeJob, Route
 from .crl import CRLCache, RevocationStatus
 from .probes import CertFacts, ProbeEnv, ProbeResult, run_probe
 from .probes._net import Trace
+from .probes._tls import TrustStore
 from .reasons import Reason
 from .state import MapsVerdict, Outcome
 
@@ -79,8 +76,9 @@ _STATUS_FINDING = {
 class Assessor:
     """Runs a job: probe, then revocation and pinning, then the MAPS verdict."""
 
-    def __init__(self, config: Config, *, crl_cache: CRLCache | None = None):
+    def __init__(self, config: Config, *, crl_cache: CRLCache | None = None, trust: TrustStore | None = None):
         self.config = config
+        self.trust = trust
         self.crl_cache = crl_cache or CRLCache(config.limits, config.connect_to)
         self.crl_cache.reconfigure(config.limits, config.connect_to)
         self._roots: dict[bytes, x509.Certificate] | None = None
@@ -204,25 +202,10 @@ class Assessor:
         return False
 
     def _known_roots(self) -> dict[bytes, x509.Certificate]:
-        """Certificates the expected_roots fingerprints can name: bundled, ca_file, system store."""
+        """Certificates the expected_roots fingerprints can name: the trust store's anchors."""
         if self._roots is None:
-            pems = list(bundled_root_pems())
-            if self.config.tls.ca_file:
-                pems.append(Path(self.config.tls.ca_file).read_bytes())
-            cafile = ssl.get_default_verify_paths().cafile
-            if cafile and Path(cafile).is_file():
-                pems.append(Path(cafile).read_bytes())
-            roots: dict[bytes, x509.Certificate] = {}
-            for pem in pems:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    try:
-                        certs = x509.load_pem_x509_certificates(pem)
-                    except ValueError:
-                        continue
-                for cert in certs:
-                    roots[hashlib.sha256(cert.public_bytes(Encoding.DER)).digest()] = cert
-            self._roots = roots
+            trust = self.trust or TrustStore(ca_file=self.config.tls.ca_file)
+            self._roots = {cert.fingerprint(hashes.SHA256()): cert for cert in trust.anchors}
         return self._roots
 
     def maps_verdict(self, job: ProbeJob, probe: ProbeResult, revocation: ChainRevocation | None,

@@ -78,7 +78,7 @@ async def _probe_all(config, jobs, *, progress: TextIO | None):
     from .probes import ProbeEnv
 
     env = ProbeEnv.from_config(config)
-    assessor = Assessor(config)
+    assessor = Assessor(config, trust=env.trust)
     semaphore = asyncio.Semaphore(config.concurrency)
     done = 0
     results: list = [None] * len(jobs)

@@ -86,7 +86,8 @@ TLS_CERT_REVOKED = _spec(
     "1 if a certificate of the chain is listed on its issuer's CRL." + CACHED, TARGET_LABELS)
 TLS_INTERCEPTED = _spec(
     "defender_tls_intercepted", "gauge",
-    "1 if the chain ends at a root outside the group's expected_roots (TLS inspection)." + CACHED,
+    "1 if the chain ends at a root outside the group's expected_roots (TLS inspection); for a chain that "
+    "does not verify, if no presented certificate is or is signed by an expected root." + CACHED,
     TARGET_LABELS)
 
 # --- MAPS verdict -----------------------------------------------------------

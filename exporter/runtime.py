@@ -30,7 +30,7 @@ class Exporter:
         self.config_path = config_path
         self.store = ResultStore()
         self.env = ProbeEnv.from_config(config)
-        self.assessor = Assessor(config)
+        self.assessor = Assessor(config, trust=self.env.trust)
         self.scheduler = Scheduler(self.store, self.env, config.jobs(), concurrency=config.concurrency,
                                    runner=self._run_job)
         self.store.mark_reload(True)
@@ -100,7 +100,7 @@ class Exporter:
                 return False, str(exc)
             self.config = config
             self.env = env
-            self.assessor = Assessor(config, crl_cache=self.assessor.crl_cache)
+            self.assessor = Assessor(config, crl_cache=self.assessor.crl_cache, trust=env.trust)
             self.scheduler.set_jobs(config.jobs(), env=env, concurrency=config.concurrency)
             self.store.mark_reload(True)
             if self._task is not None:
