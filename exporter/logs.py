@@ -10,14 +10,18 @@ import time
 LEVELS = ("debug", "info", "warn", "error")
 
 
+def _fields(record: logging.LogRecord) -> dict[str, str]:
+    return {
+        "ts": _timestamp(record.created),
+        "level": _level(record),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+
+
 class _LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = {
-            "ts": _timestamp(record.created),
-            "level": _level(record),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
+        fields = _fields(record)
         if record.exc_info:
             fields["err"] = self.formatException(record.exc_info).replace("\n", " | ")
         return " ".join(f"{k}={_quote(v)}" for k, v in fields.items())
@@ -25,12 +29,7 @@ class _LogfmtFormatter(logging.Formatter):
 
 class _JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = {
-            "ts": _timestamp(record.created),
-            "level": _level(record),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
+        fields = _fields(record)
         if record.exc_info:
             fields["err"] = self.formatException(record.exc_info)
         return json.dumps(fields)
