@@ -119,18 +119,41 @@ def redirect(host: str, port: int, connect_to: tuple[ConnectTo, ...]) -> tuple[s
     return host, port
 
 
+def _ip_literal(host: str, port: int) -> tuple | None:
+    """(address, port) if host is an IPv4 or IPv6 address, else None."""
+    if host[:1].isdigit():
+        try:
+            socket.inet_pton(socket.AF_INET, host)
+            return (host, port)
+        except OSError:
+            pass
+    if ":" in host:
+        try:
+            socket.inet_pton(socket.AF_INET6, host)
+            return (host, port, 0, 0)
+        except OSError:
+            pass
+    return None
+
+
 async def _dial(host: str, port: int, limits: Limits, state: ProbeState, *, what: str) -> Stream:
     """Resolve and connect to host:port; every attempt is fresh (no DNS cache)."""
-    loop = asyncio.get_running_loop()
     state.clock.begin("resolve", f"resolving {what}")
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    except socket.gaierror as exc:
-        raise ProbeFailure(
-            Reason.PROXY_UNREACHABLE if state.dialing_proxy else Reason.DNS_ERROR,
-            f"cannot resolve {what} {host}: {exc.strerror or exc}",
-        ) from None
-    addresses = [info[4] for info in infos]
+    literal = _ip_literal(host, port)
+    if literal is not None:
+        # An address needs no resolver: skip the executor's thread round trip.
+        addresses = [literal]
+    else:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+            )
+        except socket.gaierror as exc:
+            raise ProbeFailure(
+                Reason.PROXY_UNREACHABLE if state.dialing_proxy else Reason.DNS_ERROR,
+                f"cannot resolve {what} {host}: {exc.strerror or exc}",
+            ) from None
+        addresses = [info[4] for info in infos]
     state.log(f"resolved {host} -> {', '.join(str(a[0]) for a in addresses)}")
     state.clock.begin("connect", f"connecting to {what}")
     last_error: OSError | None = None

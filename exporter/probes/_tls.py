@@ -39,6 +39,11 @@ from ..reasons import Reason
 from .result import CertFacts, TLSFacts
 
 _FACTS_CACHE_SIZE = 8192
+# One entry per (chain, host name): room for tens of thousands of targets.
+_VERDICT_CACHE_SIZE = 32768
+# Longest life of a cached successful verdict, and of a failed one.
+VERDICT_TTL = 3600.0
+FAILED_VERDICT_TTL = 60.0
 
 
 def client_context() -> ssl.SSLContext:
@@ -84,6 +89,24 @@ def cert_facts(der: bytes) -> CertFacts | None:
     if len(_facts_cache) > _FACTS_CACHE_SIZE:
         _facts_cache.popitem(last=False)
     return facts
+
+
+def _canonical_der(der: bytes) -> bytes:
+    """The facts cache's own copy of these bytes (hash computed once), else der."""
+    facts = cert_facts(der)
+    return facts.der if facts is not None else der
+
+
+def _verdict_expiry(chain: tuple[bytes, ...], verdict: "ChainVerdict", now: float) -> float:
+    if verdict.reason is not None:
+        return now + FAILED_VERDICT_TTL
+    expiry = now + VERDICT_TTL
+    facts = [f for f in (cert_facts(d) for d in chain) if f is not None] + list(verdict.verified_path)
+    for f in facts:
+        for boundary in (f.not_before, f.not_after):
+            if now < boundary < expiry:
+                expiry = boundary
+    return expiry
 
 
 def _parse_facts(der: bytes) -> CertFacts | None:
@@ -183,16 +206,27 @@ class TrustStore:
         self._verdicts: OrderedDict[tuple, tuple[float, ChainVerdict]] = OrderedDict()
 
     def verify(self, presented: list[bytes], hostname: str, *, now: float | None = None) -> ChainVerdict:
-        """Verify a presented chain for a host name; cached briefly per chain and name."""
+        """Verify a presented chain for a host name.
+
+        The verdict is cached per (chain, name): the same DER bytes verified
+        for the same name against this (immutable) store give the same answer
+        until a validity date of one of the certificates passes, so a verified
+        chain is kept until the next notBefore/notAfter of the presented
+        certificates and the path (at most VERDICT_TTL), a failed one a minute.
+        Keys hold the facts cache's copy of each certificate, so 10,000 names
+        served with one chain share its bytes.
+        """
         now = time.time() if now is None else now
-        key = (tuple(presented), hostname.lower())
+        canonical = tuple(_canonical_der(der) for der in presented)
+        key = (canonical, hostname.lower())
         hit = self._verdicts.get(key)
         if hit is not None and hit[0] > now:
+            self._verdicts.move_to_end(key)
             return hit[1]
         verdict = self._verify(presented, hostname, now)
-        # A verdict can change only with time (expiry): keep it a minute at most.
-        self._verdicts[key] = (now + 60.0, verdict)
-        if len(self._verdicts) > _FACTS_CACHE_SIZE:
+        self._verdicts[key] = (_verdict_expiry(canonical, verdict, now), verdict)
+        self._verdicts.move_to_end(key)
+        while len(self._verdicts) > _VERDICT_CACHE_SIZE:
             self._verdicts.popitem(last=False)
         return verdict
 
