@@ -227,14 +227,16 @@ http {{
         path.write_text("\n".join(lines) + "\n")
         return path
 
-    def start_exporter(self, config: Path, *, uvloop: bool = False, name: str = "exporter") -> tuple[Proc, int]:
+    def start_exporter(self, config: Path, *, uvloop: bool = False, cached_metrics: bool = False,
+                       name: str = "exporter") -> tuple[Proc, int]:
         port = free_port()
         args = ["--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}", "--log.level", "warn"]
-        if uvloop:
-            argv = [sys.executable, str(ROOT / "bench" / "uvloop_exporter.py"), *args]
+        variant = {"BENCH_UVLOOP": "1" if uvloop else "0", "BENCH_CACHED_METRICS": "1" if cached_metrics else "0"}
+        if uvloop or cached_metrics:
+            argv = [sys.executable, str(ROOT / "bench" / "exporter_variant.py"), *args]
         else:
             argv = [sys.executable, "-m", "exporter", *args]
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=str(ROOT), **variant)
         proc = self.start(Proc(name, argv, log=self.workdir / f"{name}.log", env=env, cwd=ROOT))
         deadline = time.monotonic() + 60
         while True:

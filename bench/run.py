@@ -183,7 +183,7 @@ async def sidebyside(args: argparse.Namespace) -> dict:
         floor = run_floor(lab, count=args.floor_count)
         floor_uv = run_floor(lab, count=args.floor_count, uvloop=True) if args.with_uvloop_floor else None
         config = lab.write_exporter_config(urls, interval=interval, timeout=min(10, interval))
-        ours, port = lab.start_exporter(config, uvloop=args.uvloop)
+        ours, port = lab.start_exporter(config, uvloop=args.uvloop, cached_metrics=args.cached_metrics)
         bb, bb_port = lab.start_blackbox(names)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                          timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -211,7 +211,7 @@ async def sidebyside(args: argparse.Namespace) -> dict:
         bb_ms = 1000 * (bb1 - bb0) / max(bb_probes, 1)
         result = {
             "targets": n, "interval_s": interval, "intervals": intervals,
-            "uvloop": args.uvloop,
+            "uvloop": args.uvloop, "cached_metrics": args.cached_metrics,
             "ours": {"cpu_s": ours1 - ours0, "probes": ours_probes, "cpu_ms_per_probe": ours_ms,
                      "peak_rss_mb": ours.rss_peak()},
             "blackbox": {"cpu_s": bb1 - bb0, "probes": bb_probes, "cpu_ms_per_probe": bb_ms,
@@ -230,7 +230,7 @@ async def sidebyside(args: argparse.Namespace) -> dict:
 def print_sidebyside(r: dict) -> None:
     o, b, f = r["ours"], r["blackbox"], r["floor"]
     print(f"\nside by side: {r['targets']} HTTPS targets every {r['interval_s']} s, {r['intervals']} intervals measured"
-          f"{' (ours on uvloop)' if r['uvloop'] else ''}")
+          f"{' (ours on uvloop)' if r['uvloop'] else ''}{' (cached /metrics)' if r.get('cached_metrics') else ''}")
     print(f"{'':28}{'CPU ms/probe':>14}{'probes':>9}{'CPU s':>8}{'peak RSS MB':>13}")
     print(f"{'ours (defender exporter)':28}{o['cpu_ms_per_probe']:14.3f}{o['probes']:9.0f}{o['cpu_s']:8.2f}"
           f"{o['peak_rss_mb']:13.1f}")
@@ -256,7 +256,7 @@ async def scale(args: argparse.Namespace) -> dict:
         lab.start_nginx(workers=1)
         urls = [f"https://{host_name(i)}/" for i in range(n)]
         config = lab.write_exporter_config(urls, interval=interval, timeout=min(10, interval))
-        ours, port = lab.start_exporter(config, uvloop=args.uvloop)
+        ours, port = lab.start_exporter(config, uvloop=args.uvloop, cached_metrics=args.cached_metrics)
         cpu_start = ours.cpu()
         plain_times, gzip_times = [], []
         sizes = {}
@@ -290,7 +290,7 @@ async def scale(args: argparse.Namespace) -> dict:
         lag = [(le, c1_ - c0_) for (le, c1_), (_, c0_) in zip(lag1, lag0)]
         result = {
             "targets": n, "interval_s": interval, "intervals": intervals, "uvloop": args.uvloop,
-            "first_round_s": first_round,
+            "cached_metrics": args.cached_metrics, "first_round_s": first_round,
             "probes_per_interval": per_interval,
             "targets_probed_every_interval": sum(1 for d in deltas if d >= intervals),
             "per_target_probes_min": min(deltas) if deltas else 0,
@@ -319,7 +319,7 @@ async def scale(args: argparse.Namespace) -> dict:
 
 def print_scale(r: dict) -> None:
     print(f"\nscale: {r['targets']} HTTPS targets every {r['interval_s']} s, {r['intervals']} intervals"
-          f"{' (uvloop)' if r['uvloop'] else ''}; first round took {r['first_round_s']:.1f} s")
+          f"{' (uvloop)' if r['uvloop'] else ''}{' (cached /metrics)' if r.get('cached_metrics') else ''}; first round took {r['first_round_s']:.1f} s")
     print(f"probes per interval: {', '.join(str(int(p)) for p in r['probes_per_interval'])}; "
           f"targets probed every interval: {r['targets_probed_every_interval']}/{r['targets']} "
           f"(per target {r['per_target_probes_min']:.0f}..{r['per_target_probes_max']:.0f})")
@@ -371,7 +371,8 @@ async def fidelity(args: argparse.Namespace) -> dict:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
             for r in range(rounds):
                 config = lab.write_exporter_config(urls, interval=600, timeout=30, concurrency=n, name=f"fid{r}")
-                ours, mport = lab.start_exporter(config, uvloop=args.uvloop, name=f"exporter-fid{r}")
+                ours, mport = lab.start_exporter(config, uvloop=args.uvloop, cached_metrics=args.cached_metrics,
+                                                  name=f"exporter-fid{r}")
                 await wait_ready(session, mport, timeout=120)
                 text, _, _ = await scrape(session, mport)
                 ours_values += [float(v) for _, v in _PHASE.findall(text)]
@@ -432,7 +433,7 @@ async def profile(args: argparse.Namespace) -> dict:
         lab.start_nginx(workers=1)
         urls = [f"https://{host_name(i)}/" for i in range(n)]
         config = lab.write_exporter_config(urls, interval=interval, timeout=min(10, interval))
-        ours, port = lab.start_exporter(config, uvloop=args.uvloop)
+        ours, port = lab.start_exporter(config, uvloop=args.uvloop, cached_metrics=args.cached_metrics)
         async with aiohttp.ClientSession() as session:
             await wait_ready(session, port, timeout=120)
             await asyncio.sleep(interval)
@@ -496,6 +497,8 @@ def main() -> int:
     parser.add_argument("--delay", type=float, default=0.050)
     parser.add_argument("--duration", type=float, default=30.0, help="profile: seconds of sampling")
     parser.add_argument("--uvloop", action="store_true", help="run our exporter on uvloop")
+    parser.add_argument("--cached-metrics", action="store_true",
+                        help="serve /metrics with collector.render_exposition() (the change proposed for web.py)")
     parser.add_argument("--quick", action="store_true", help="small and short: a smoke run of the harness")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (configs, logs)")
     parser.add_argument("--json", help="append the results as one JSON line to this file")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .config import ProbeJob
 from .metrics import LAG_BUCKETS, LATENCY_BUCKETS
@@ -92,9 +92,22 @@ class ResultStore:
         self.host_snapshot = None  # exporter.hostside.HostSnapshot when the host collectors run
         # Bumped on every change, so renderers can cache what did not change.
         self.version = 0
+        # Per job: the `version` of its last change (result, counters or job).
+        self.key_versions: dict[tuple, int] = {}
+        # Called with a job's key after its result or its job changed (the
+        # exposition cache renders that job's lines then, not at scrape time).
+        self.listeners: list[Callable[[tuple], None]] = []
 
     def set_jobs(self, jobs: Iterable[ProbeJob]) -> None:
+        old = self.jobs
         self.jobs = {job.key: job for job in jobs}
+        self.version += 1
+        changed = [key for key, job in self.jobs.items() if old.get(key) is not job]
+        for key in changed:
+            self.key_versions[key] = self.version
+        for key in list(self.key_versions):
+            if key not in self.jobs:
+                del self.key_versions[key]
         for key in list(self.latest):
             if key not in self.jobs:
                 del self.latest[key]
@@ -120,6 +133,9 @@ class ResultStore:
             stats.failures += 1
         stats.latency.observe(outcome.probe.duration)
         self.version += 1
+        self.key_versions[job.key] = self.version
+        for listener in self.listeners:
+            listener(job.key)
 
     def observe_lag(self, seconds: float) -> None:
         self.lag.observe(seconds)
