@@ -131,7 +131,14 @@ async def _serve(config, args, host: str | None, port: int) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(exporter.reload()))
+    reloads: set[asyncio.Task] = set()  # keep a reference: the loop holds tasks only weakly
+
+    def on_sighup() -> None:
+        task = loop.create_task(exporter.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     await stop.wait()
     log.info("shutting down")
     try:

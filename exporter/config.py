@@ -450,9 +450,12 @@ def _tls(check: _Checker, value: Any) -> TLSConfig:
     if spec.get("ca_file") is not None:
         ca_file = check.string(spec["ca_file"], "tls.ca_file")
         try:
-            pems = x509.load_pem_x509_certificates(Path(ca_file).read_bytes())
-        except OSError as exc:
-            raise check.fail("tls.ca_file", f"cannot read {ca_file}: {exc.strerror or exc}") from None
+            data = Path(ca_file).read_bytes()
+        except (OSError, ValueError) as exc:  # ValueError: a path with a NUL byte
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise check.fail("tls.ca_file", f"cannot read {ca_file}: {reason}") from None
+        try:
+            pems = x509.load_pem_x509_certificates(data)
         except ValueError:
             raise check.fail("tls.ca_file", f"{ca_file} holds no PEM certificate") from None
         if not pems:
@@ -479,7 +482,7 @@ def _group(
     check: _Checker, name: str, spec: dict[str, Any], path: str,
     interval: float, timeout: float, routes: Mapping[str, Route],
 ) -> Group | None:
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise check.fail(path, "group names are lower-case letters, digits and '_'")
     if not check.boolean(spec.get("enabled", True), f"{path}.enabled"):
         return None
@@ -491,9 +494,9 @@ def _group(
     if not isinstance(names, list) or not names:
         raise check.fail(f"{path}.route", f"expected a route name or a list of them, got {_describe(route_value)}")
     for i, rname in enumerate(names):
-        if rname not in routes:
+        if not isinstance(rname, str) or rname not in routes:
             where = f"{path}.route" if isinstance(route_value, str) else f"{path}.route[{i}]"
-            raise check.fail(where, f"unknown route {rname!r} (defined: {', '.join(sorted(routes))})")
+            raise check.fail(where, f"unknown route {_describe(rname)} (defined: {', '.join(sorted(routes))})")
     if len(set(names)) != len(names):
         raise check.fail(f"{path}.route", "a route is named twice")
     g_interval = check.duration(spec["interval"], f"{path}.interval") if "interval" in spec else interval

@@ -243,9 +243,6 @@ def test_every_wrong_value_is_a_config_error(document):
         assert str(exc).startswith("fuzz.yml: ")
 
 
-@pytest.mark.xfail(reason="config.py: a group name that is not a string (`groups: {5: {targets: [...]}}`) raises "
-                          "TypeError from re.fullmatch instead of ConfigError; reported to the config owner",
-                   raises=TypeError, strict=False)
 def test_non_string_group_name_is_a_config_error():
     with pytest.raises(ConfigError):
         parse_config("groups: {5: {targets: ['https://x.example/']}}", "fuzz.yml")
