@@ -76,7 +76,8 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def scrape(session: aiohttp.ClientSession, port: int, *, gz: bool = False) -> tuple[str, float, int]:
+async def scrape(session: aiohttp.ClientSession, port: int, *, gz: bool = False,
+                 decode: bool = True) -> tuple[str, float, int]:
     """GET /metrics: (text, seconds to the last byte, bytes on the wire)."""
     headers = {"Accept-Encoding": "gzip" if gz else "identity"}
     started = time.perf_counter()
@@ -84,6 +85,8 @@ async def scrape(session: aiohttp.ClientSession, port: int, *, gz: bool = False)
         body = await response.read()
         elapsed = time.perf_counter() - started
         encoding = response.headers.get("Content-Encoding", "")
+    if not decode:
+        return "", elapsed, len(body)
     text = (gzip.decompress(body) if encoding == "gzip" else body).decode()
     return text, elapsed, len(body)
 
@@ -276,7 +279,7 @@ async def scale(args: argparse.Namespace) -> dict:
                     text, seconds, size = await scrape(session, port)
                     plain_times.append(seconds)
                     sizes["plain"] = size
-                    _, seconds, size = await scrape(session, port, gz=True)
+                    _, seconds, size = await scrape(session, port, gz=True, decode=False)
                     gzip_times.append(seconds)
                     sizes["gzip"] = size
                 total = sum(totals_by_target(text).values())
