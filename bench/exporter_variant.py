@@ -26,14 +26,18 @@ if os.environ.get("BENCH_CACHED_METRICS") == "1":
 
     from exporter import web
 
-    async def metrics(request: aioweb.Request) -> aioweb.Response:
+    async def metrics(request: aioweb.Request) -> aioweb.StreamResponse:
         exporter = request.app[web.EXPORTER_KEY]
         wants_gzip = "gzip" in request.headers.get("Accept-Encoding", "")
-        body = exporter.collector.render_exposition(gzip=wants_gzip)
         headers = {"Content-Type": CONTENT_TYPE_LATEST}
         if wants_gzip:
-            headers["Content-Encoding"] = "gzip"
-        return aioweb.Response(body=body, headers=headers)
+            headers["Content-Encoding"] = "gzip"  # the pieces are gzip members already
+        response = aioweb.StreamResponse(headers=headers)
+        await response.prepare(request)
+        for piece in exporter.collector.iter_exposition(gzip=wants_gzip):
+            await response.write(piece)
+        await response.write_eof()
+        return response
 
     web.metrics = metrics
 

@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -506,6 +507,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work folder (configs, logs)")
     parser.add_argument("--json", help="append the results as one JSON line to this file")
     args = parser.parse_args()
+    # SIGTERM ends the run through the `finally` blocks, which stop every process we started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if os.geteuid() != 0:
         print("warning: not root; binding ports 443/80 and unshare --mount need root", file=sys.stderr)
     results = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "git": _git_head()}

@@ -33,6 +33,8 @@ log = logging.getLogger("exporter.scheduler")
 # a fine spread.
 BATCH_WINDOW = 0.25
 BATCH_FRACTION = 0.05
+# After its first probe, a job's next slot is at least this part of its interval away.
+FIRST_GAP = 0.5
 # Over the probe's own timeout, how long before the scheduler gives up on it.
 SAFETY_MARGIN = 5.0
 
@@ -170,7 +172,11 @@ class Scheduler:
             self.store.observe_lag(max(0.0, started - due))
         # The next slot is fixed now, whatever this probe does; a probe still
         # running at its next slot makes that round skip (timeout <= interval).
-        self._schedule(key, self._next_slot(key, max(started, due)))
+        # After the first round, a job's own slot comes at least half an
+        # interval later: slots that fell inside a long first round (10,000
+        # jobs take ~20 s) would otherwise queue up behind it and start late.
+        after = started + job.group.interval * FIRST_GAP if first else max(started, due)
+        self._schedule(key, self._next_slot(key, after))
         if key in self._in_flight:
             semaphore.release()
             self.store.count_skipped(key)
