@@ -38,8 +38,7 @@ from benchlab import ROOT, Lab, Proc, host_name, wait_port  # noqa: E402
 
 _TOTAL = re.compile(r'^defender_probes_total\{[^}]*target="([^"]*)"[^}]*\} (\S+)$', re.M)
 _LAG = re.compile(r'^defender_exporter_scheduler_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M)
-_PHASE = re.compile(r'^defender_probe_phase_duration_seconds\{[^}]*target="([^"]*)"[^}]*phase="processing"\} (\S+)$',
-                    re.M)
+_PHASE = re.compile(r'^defender_probe_phase_duration_seconds\{([^}]*)phase="processing"[^}]*\} (\S+)$', re.M)
 _BB_PROCESSING = re.compile(r'^probe_http_duration_seconds\{phase="processing"\} (\S+)$', re.M)
 _BB_SUCCESS = re.compile(r"^probe_success (\S+)$", re.M)
 
@@ -266,6 +265,9 @@ async def scale(args: argparse.Namespace) -> dict:
         sizes = {}
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
             first_round = await wait_ready(session, port, timeout=max(600, n / 10))
+            # One interval of warm-up: the first round moves each job's next slot
+            # at least half an interval on, so steady state begins an interval later.
+            await asyncio.sleep(interval)
             text, _, _ = await scrape(session, port)
             t0, c0 = time.monotonic(), ours.cpu()
             per_target0 = totals_by_target(text)
