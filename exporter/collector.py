@@ -197,9 +197,9 @@ class DefenderCollector(Collector):
 # target on every scrape (about 0.3 ms per target: 3 s at 10,000 targets).
 # render_exposition() gives the same text from per-target fragments rendered
 # once when the target's result changes (ResultStore.listeners) and kept until
-# it changes again; each fragment also keeps a gzip member of itself, and a
-# gzip body is the concatenation of members (RFC 1952 allows several; Go's and
-# Python's readers, and so Prometheus, read them all).
+# it changes again; each fragment also keeps a compressed copy of itself (a
+# sync-flushed deflate piece), and a gzip body is one gzip member framing the
+# pieces, whose CRC is computed as the scrape streams by.
 
 _TARGET_FAMILIES: tuple[m.MetricSpec, ...] = (
     m.TARGET_INFO, m.PROBE_SUCCESS, m.PROBE_DURATION, m.PROBE_PHASE_DURATION, m.PROBE_HTTP_STATUS,
@@ -224,9 +224,39 @@ def _esc(value: str) -> str:
 
 
 def _gz(data: bytes) -> bytes:
-    # A small window keeps the compressor's set-up cheap (fragments are small).
-    compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + 10, 2)
-    return compressor.compress(data) + compressor.flush()
+    """A piece of raw deflate that ends on a byte boundary (sync flush) and is
+    not final, so pieces made independently concatenate into one deflate stream.
+
+    The body is then ONE gzip member (header, pieces, final block, CRC, size):
+    curl and browsers stop after the first member of a multi-member body, so a
+    concatenation of members would look truncated to them. A small window
+    keeps the compressor's set-up cheap (fragments are small), and no piece
+    refers back into another.
+    """
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -10, 2)
+    return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+# gzip member header: magic, deflate, no flags, no mtime, no extra flags, OS unknown.
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+# The final deflate block: fixed Huffman, empty (BFINAL=1, BTYPE=01, end-of-block).
+_DEFLATE_END = b"\x03\x00"
+
+
+class _GzipStream:
+    """Frames deflate pieces as one gzip member; the CRC and size of the
+    uncompressed text are accumulated as its pieces go by."""
+
+    def __init__(self) -> None:
+        self.crc = 0
+        self.size = 0
+
+    def text(self, data: bytes) -> None:
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
+
+    def trailer(self) -> bytes:
+        return _DEFLATE_END + self.crc.to_bytes(4, "little") + (self.size & 0xFFFFFFFF).to_bytes(4, "little")
 
 
 _GZ_EMPTY = b""
@@ -299,12 +329,12 @@ class _Families:
 
 
 class ExpositionCache:
-    """Per-job fragments (text and gzip member) of the per-target families, kept
+    """Per-job fragments (text and deflate piece) of the per-target families, kept
     current by the store's listeners; see render_exposition()."""
 
     def __init__(self, store: ResultStore):
         self.store = store
-        # key -> (key version, texts per family as bytes, gzip members per family)
+        # key -> (key version, texts per family as bytes, deflate pieces per family)
         self.entries: dict[tuple, tuple[int, tuple[bytes, ...], tuple[bytes, ...]]] = {}
         self._gz_headers = tuple(_gz(h) for h in _HEADERS)
         store.listeners.append(self.update)
@@ -343,6 +373,9 @@ class ExpositionCache:
         if len(entries) > len(keys):
             for key in [k for k in entries if k not in store.jobs]:
                 del entries[key]
+        # Everything below reads this snapshot (and head/tail made before the
+        # first yield), so a reload while the body streams cannot mix two moments.
+        all_entries = [entries[key] for key in keys]
         # Host-side MAPS verdicts join the MAPS families; host gauges come first.
         maps_valid, maps_info = _gauge(m.MAPS_CONNECTION_VALID), _gauge(m.MAPS_VALIDATION_INFO)
         host_families = collector._add_host(maps_valid, maps_info)
@@ -358,20 +391,32 @@ class ExpositionCache:
         for extra in collector.extra:
             tail_families += list(extra.collect())
         tail = generate_latest(_Families(tail_families))
-        column = 2 if gzip else 1
+        stream = _GzipStream() if gzip else None
+
+        def piece(text: bytes, compressed: bytes | None = None) -> bytes:
+            if stream is None:
+                return text
+            stream.text(text)
+            return _gz(text) if compressed is None else compressed
+
+        if gzip:
+            yield _GZIP_HEADER
         if head:
-            yield _gz(head) if gzip else head
-        all_entries = [entries[key] for key in keys]
+            yield piece(head)
         for i in range(len(_TARGET_FAMILIES)):
-            yield self._gz_headers[i] if gzip else _HEADERS[i]
+            yield piece(_HEADERS[i], self._gz_headers[i])
             for start in range(0, len(all_entries), _CHUNK_JOBS):
-                chunk = b"".join(entry[column][i] for entry in all_entries[start:start + _CHUNK_JOBS])
-                if chunk:
-                    yield chunk
+                group = all_entries[start:start + _CHUNK_JOBS]
+                text = b"".join(entry[1][i] for entry in group)
+                if not text:
+                    continue
+                yield piece(text, b"".join(entry[2][i] for entry in group) if gzip else None)
             extra_lines = host_lines.get(i)
             if extra_lines:
-                yield _gz(extra_lines) if gzip else extra_lines
-        yield _gz(tail) if gzip else tail
+                yield piece(extra_lines)
+        yield piece(tail)
+        if stream is not None:
+            yield stream.trailer()
 
 
 def _samples_only(family: Metric) -> bytes:

@@ -14,7 +14,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from .assess import Assessor
-from .collector import DefenderCollector
+from .collector import DefenderCollector, exposition_cache
 from .config import Config, ConfigError, load_config
 from .hostside import HostConfig, collect_host
 from .probes import ProbeEnv
@@ -37,6 +37,8 @@ class Exporter:
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = DefenderCollector(self.store, crl_cache=self.assessor.crl_cache)
         self.registry.register(self.collector)
+        # Render each target's fragment as its results arrive, not all at the first scrape.
+        exposition_cache(self.store)
         self._task: asyncio.Task | None = None
         self._host_task: asyncio.Task | None = None
         self._reload_lock = asyncio.Lock()

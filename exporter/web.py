@@ -19,7 +19,7 @@ import binascii
 import logging
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import ondemand
 from .ondemand import NotAllowed, ProbeLimits, RateLimiter, Redactor
@@ -106,12 +106,22 @@ async def _authorized(request: web.Request, config: WebConfig, semaphore: asynci
         return await asyncio.to_thread(config.check_password, user, password)
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics(request: web.Request) -> web.StreamResponse:
+    """The exposition from per-target fragments rendered when results change
+    (collector.iter_exposition), streamed so the body is never held whole:
+    at 10,000 targets it is tens of megabytes."""
     exporter = request.app[EXPORTER_KEY]
-    body = generate_latest(exporter.registry)
-    response = web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-    if "gzip" in request.headers.get("Accept-Encoding", ""):
-        response.enable_compression()
+    wants_gzip = "gzip" in request.headers.get("Accept-Encoding", "")
+    response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_LATEST})
+    if wants_gzip:
+        response.headers["Content-Encoding"] = "gzip"  # already compressed: no enable_compression()
+    # iter_exposition takes its snapshot of the fragments before yielding the
+    # first piece, so writing (which yields to the loop) cannot mix two moments.
+    pieces = exporter.collector.iter_exposition(gzip=wants_gzip)
+    await response.prepare(request)
+    for piece in pieces:
+        await response.write(piece)
+    await response.write_eof()
     return response
 
 
