@@ -28,17 +28,16 @@ from cryptography.hazmat.primitives import hashes
 
 from .config import ConnectTo, Limits, Route
 from .probes._net import (
-    USER_AGENT,
     HTTPAnswer,
     ProbeFailure,
     ProbeState,
+    Stream,
     open_stream,
-    proxy_authorization,
     proxy_generated,
     read_head,
+    send_get,
     translate,
 )
-from .probes._net import Stream as _Stream
 from .reasons import Reason
 
 log = logging.getLogger("exporter.crl")
@@ -313,7 +312,7 @@ def _iso(ts: float) -> str:
 
 
 
-async def _get(stream: _Stream, target: str, authority: str, limits: Limits, state: ProbeState, *,
+async def _get(stream: Stream, target: str, authority: str, limits: Limits, state: ProbeState, *,
                extra_headers: str = "", cap: int) -> tuple[HTTPAnswer, bool]:
     """One GET with a body capped at `cap` bytes: (answer, too_large).
 
@@ -321,12 +320,7 @@ async def _get(stream: _Stream, target: str, authority: str, limits: Limits, sta
     to be over the cap is not read further and not kept: the answer then has
     no body and too_large is True. Chunked bodies are de-chunked (a proxy may
     re-frame a CRL that way)."""
-    auth = proxy_authorization(stream.proxy) if stream.proxy and target.startswith("http://") else ""
-    stream.writer.write((
-        f"GET {target} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: {USER_AGENT}\r\n"
-        f"Accept: */*\r\nConnection: close\r\n{auth}{extra_headers}\r\n").encode("latin-1"))
-    await stream.writer.drain()
-    state.clock.begin("processing", "waiting for the first byte of the response")
+    await send_get(stream, target, authority, state, extra_headers=extra_headers)
     head = await read_head(stream.reader, limits, state)
     if head.status in (204, 304) or 100 <= head.status < 200 or head.status != 200:
         # Only a 200 carries a CRL; other bodies are not needed.

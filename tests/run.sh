@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the lab uses: Squid (proxy routes), Prometheus + promtool and
+# Debian packages the lab uses: Squid (proxy routes), mitmproxy (a real TLS-inspecting
+# proxy), Prometheus + promtool and
 # Alertmanager (rules, e2e alerting), Chromium + driver (status page), iproute2 and
 # util-linux (network namespaces for the built-in catalogue run).
-packages=(squid prometheus prometheus-alertmanager chromium chromium-driver iproute2 util-linux ca-certificates)
+packages=(squid mitmproxy prometheus prometheus-alertmanager chromium chromium-driver iproute2 util-linux ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -312,46 +312,48 @@ async def read_head(reader: asyncio.StreamReader, limits: Limits, state: ProbeSt
     return HTTPAnswer(int(match.group(1)), (match.group(2) or b"").decode("latin-1"), tuple(headers))
 
 
-async def read_body(reader: asyncio.StreamReader, answer: HTTPAnswer, cap: int, *, keep: bool) -> HTTPAnswer:
-    """Read the body up to `cap` bytes (kept in memory only if asked)."""
+async def drain_body(reader: asyncio.StreamReader, answer: HTTPAnswer, cap: int) -> HTTPAnswer:
+    """Read (and drop) the body up to `cap` bytes: a probe measures the
+    transfer, it does not keep what it read. Reading stops at the cap."""
     if answer.status in (204, 304) or 100 <= answer.status < 200:
         return answer
     length_text = answer.header("Content-Length")
     length = int(length_text) if length_text and length_text.isdigit() else None
     want = cap if length is None else min(length, cap)
-    chunks: list[bytes] = []
     got = 0
     while got < want:
         chunk = await reader.read(min(65536, want - got))
         if not chunk:
             break
         got += len(chunk)
-        if keep:
-            chunks.append(chunk)
     if length is not None:
         truncated = length > cap
     else:  # unknown length: it was cut if more is waiting
         truncated = got >= cap and cap > 0 and not reader.at_eof()
-    return HTTPAnswer(answer.status, answer.reason_phrase, answer.headers, b"".join(chunks), got, truncated)
+    return HTTPAnswer(answer.status, answer.reason_phrase, answer.headers, b"", got, truncated)
 
 
-async def exchange(
-    stream: Stream, request_target: str, authority: str, limits: Limits, state: ProbeState,
-    *, extra_headers: str = "", keep_body: bool = False, body_cap: int | None = None,
-) -> HTTPAnswer:
-    """Send one GET and read the answer (headers, then a bounded body)."""
+async def send_get(stream: Stream, request_target: str, authority: str, state: ProbeState, *,
+                   extra_headers: str = "") -> None:
+    """Write one GET (absolute-URI targets carry the proxy's credentials) and
+    start the clock of the `processing` phase."""
     auth = proxy_authorization(stream.proxy) if stream.proxy and request_target.startswith("http://") else ""
-    request = (
+    stream.writer.write((
         f"GET {request_target} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: {USER_AGENT}\r\n"
         f"Accept: */*\r\nConnection: close\r\n{auth}{extra_headers}\r\n"
-    )
-    stream.writer.write(request.encode("latin-1"))
+    ).encode("latin-1"))
     await stream.writer.drain()
     state.log(f"sent GET {request_target} (Host: {authority})")
     state.clock.begin("processing", "waiting for the first byte of the response")
+
+
+async def exchange(stream: Stream, request_target: str, authority: str, limits: Limits,
+                   state: ProbeState) -> HTTPAnswer:
+    """Send one GET and read the answer (headers, then a bounded body)."""
+    await send_get(stream, request_target, authority, state)
     answer = await read_head(stream.reader, limits, state)
     state.log(f"answer {answer.status} {answer.reason_phrase}")
-    answer = await read_body(stream.reader, answer, limits.body_bytes if body_cap is None else body_cap, keep=keep_body)
+    answer = await drain_body(stream.reader, answer, limits.body_bytes)
     state.clock.stop()
     return answer
 
