@@ -122,6 +122,7 @@ def test_tls_expired(tmp_path, lab_pki, lab_servers):
     server = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_expired("wdcp.microsoft.com"))
     probe = probe_maps(tmp_path, [server.connect_to("wdcp.microsoft.com", 443)], ca_file=lab_pki.ca_bundle_path)
     assert probe.reason == Reason.TLS_EXPIRED, probe.detail
+    assert probe.detail.startswith("certificate at depth 0 (CN=wdcp.microsoft.com") and "expired at 20" in probe.detail
     assert probe.tls.presented, "the chain is reported even when it fails"
     assert not probe.tls.verified
 

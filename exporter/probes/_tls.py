@@ -257,12 +257,12 @@ class TrustStore:
                 if name is not None and self._try(leaf, intermediates, name, _utc(valid_at))[0] is not None:
                     expired = any(f.not_after < now for f in facts)
                     reason = Reason.TLS_EXPIRED if expired else Reason.TLS_NOT_YET_VALID
-                    return ChainVerdict((), reason, error)
+                    return ChainVerdict((), reason, _dates_problem(facts, now) or error)
         if any(f.not_after < now for f in facts):
             # Fails even inside the validity window, but something is expired too;
             # an expired certificate is the more actionable fact.
             if valid_at is None:
-                return ChainVerdict((), Reason.TLS_EXPIRED, error)
+                return ChainVerdict((), Reason.TLS_EXPIRED, _dates_problem(facts, now) or error)
         return ChainVerdict((), Reason.TLS_UNTRUSTED, error)
 
     def _try(self, leaf, intermediates, subject, when: dt.datetime):
@@ -320,6 +320,20 @@ def _own_name(leaf: x509.Certificate):
         except ValueError:
             continue
     return None
+
+
+def _dates_problem(facts: list[CertFacts], now: float) -> str:
+    """The first certificate outside its validity, in words a NOC can act on."""
+    for depth, f in enumerate(facts):
+        if f.not_after < now:
+            return f"certificate at depth {depth} ({f.subject}) expired at {_iso(f.not_after)}"
+        if f.not_before > now:
+            return f"certificate at depth {depth} ({f.subject}) is not valid before {_iso(f.not_before)}"
+    return ""
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def _time_when_all_valid(facts: list[CertFacts]) -> float | None:
