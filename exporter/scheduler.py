@@ -118,6 +118,20 @@ class Scheduler:
         k = math.floor((after - base) / interval) + 1
         return base + k * interval
 
+    def _following_slot(self, key: tuple, due: float, started: float, *, first: bool = False) -> float:
+        """The slot after the one starting now.
+
+        Probes may start up to a window *before* their slot, so "the first slot
+        after max(started, due)" would be computed from `due` itself, where
+        floating-point rounding can give `due` back: the same slot again, and a
+        scheduler spinning on it. Half an interval past the slot is never
+        ambiguous; a probe that started later than that takes the first slot
+        after its start."""
+        interval = self._jobs[key].group.interval
+        if first:
+            return self._next_slot(key, started + interval * FIRST_GAP)
+        return self._next_slot(key, max(started, due + interval / 2))
+
     def _schedule(self, key: tuple, due: float) -> None:
         self._due[key] = due
         self._seq += 1
@@ -175,8 +189,7 @@ class Scheduler:
         # After the first round, a job's own slot comes at least half an
         # interval later: slots that fell inside a long first round (10,000
         # jobs take ~20 s) would otherwise queue up behind it and start late.
-        after = started + job.group.interval * FIRST_GAP if first else max(started, due)
-        self._schedule(key, self._next_slot(key, after))
+        self._schedule(key, self._following_slot(key, due, started, first=first))
         if key in self._in_flight:
             semaphore.release()
             self.store.count_skipped(key)

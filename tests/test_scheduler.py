@@ -113,3 +113,23 @@ def test_hanging_endpoint_delays_neither_others_nor_metrics(tmp_path, lab_server
         if s.name == "defender_probe_success"
     }
     assert success == {"http://ok.lab.example/": 1.0}
+
+
+def test_following_slot_never_returns_the_same_slot(tmp_path):
+    """Regression: a probe started early in its batch window recomputed its next
+    slot from `due`, and rounding could hand back `due` itself: the scheduler then
+    spun on one slot, probing twice and counting hundreds of thousands of starts."""
+    urls = [f"http://host{i}.lab.example/" for i in range(7)]
+    config = load_config(lab_config(tmp_path, {"intranet": urls}, interval="60s", timeout="5s"))
+    scheduler = Scheduler(ResultStore(), ProbeEnv.from_config(config), config.jobs(), concurrency=4)
+    scheduler._epoch = 123456.789  # a monotonic clock far from zero, as after days of uptime
+    for key in scheduler._jobs:
+        base = scheduler._epoch + scheduler._offsets[key]
+        for k in range(1, 2000):
+            due = base + k * 60.0
+            for started in (due - 0.2, due, due + 1.0):
+                following = scheduler._following_slot(key, due, started)
+                assert abs(following - (due + 60.0)) < 1e-6, (k, started - due, following - due)
+            # A probe that starts late keeps the first slot still ahead of it.
+            assert abs(scheduler._following_slot(key, due, due + 45.0) - (due + 60.0)) < 1e-6
+            assert abs(scheduler._following_slot(key, due, due + 70.0) - (due + 120.0)) < 1e-6
