@@ -46,6 +46,13 @@ def make_app(exporter: Exporter, *, web_config: WebConfig | None = None,
     if web_config is not None:
         middlewares.append(_security_middleware(web_config))
     app = web.Application(client_max_size=64 * 1024, middlewares=middlewares)
+    if web_config is not None and web_config.headers:
+        # Every answer, errors and streamed ones (/metrics sends its headers at
+        # prepare(), before a middleware sees it again), gets the configured headers.
+        async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+            response.headers.update(web_config.headers)
+
+        app.on_response_prepare.append(add_headers)
     app[EXPORTER_KEY] = exporter
     app[LIMITER_KEY] = RateLimiter(probe_limits or ProbeLimits())
     app.router.add_get("/", status_page)
@@ -81,13 +88,8 @@ def _security_middleware(config: WebConfig):
             response = web.Response(status=401, text="Unauthorized\n",
                                     headers={"WWW-Authenticate": 'Basic realm="defender-connectivity-exporter"'})
         else:
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                exc.headers.update(config.headers)
-                raise
-        response.headers.update(config.headers)
-        return response
+            response = await handler(request)
+        return response  # http_server_config.headers are added in on_response_prepare
 
     return middleware
 

@@ -193,6 +193,7 @@ def test_basic_auth(auth_exporter):
                  ("prometheus", ""), ("prometheus", "x" * 100), ("", "")]:
         status, headers, _ = request(port, "/metrics", auth=auth)
         assert status == 401, auth
+        assert headers["X-Frame-Options"] == "deny"  # configured headers on refusals too
         assert headers["WWW-Authenticate"].startswith("Basic realm=")
         assert headers["X-Frame-Options"] == "deny"
     for header in (None, "Bearer abc", "Basic !!!notbase64", "Basic " + base64.b64encode(b"no-colon").decode(),
