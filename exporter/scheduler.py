@@ -31,7 +31,7 @@ log = logging.getLogger("exporter.scheduler")
 # docs/performance.md), and at this grain the load is still spread evenly.
 # Capped at BATCH_FRACTION of the shortest interval, so short intervals keep
 # a fine spread.
-BATCH_WINDOW = 0.25
+BATCH_WINDOW = 1.0
 BATCH_FRACTION = 0.05
 # After its first probe, a job's next slot is at least this part of its interval away.
 FIRST_GAP = 0.5
