@@ -39,6 +39,7 @@ from prometheus_client.registry import Collector
 from .causes import REMEDIES, Cause
 from .collector import DefenderCollector
 from .config import Config, ProbeJob
+from .metrics import CACHED
 from .reasons import REASON_DESCRIPTIONS, Reason
 from .state import Outcome, ResultStore
 
@@ -214,7 +215,8 @@ def exposition(probe: OnDemandProbe) -> bytes:
         store.record(probe.job, probe.outcome)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_OneJob(store))
-    return generate_latest(registry)
+    # The HELP texts speak of /metrics, whose values come from the scheduler; these were measured now.
+    return generate_latest(registry).replace(CACHED.strip().encode(), b"Measured now by /probe.")
 
 
 # --------------------------------------------------------------------------- debug text

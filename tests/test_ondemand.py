@@ -100,6 +100,7 @@ def test_probe_returns_the_targets_metric_families(maps_lab):
     assert sample(body, "defender_maps_connection_valid", **labels, source="emulated") == 1
     assert sample(body, "defender_probes_total", **labels, result="success") == 1
     assert sample(body, "defender_probe_phase_duration_seconds", **labels, phase="tls") > 0
+    assert "Measured now by /probe." in body and "Cached from the background scheduler" not in body
     # only this target's families: nothing about the exporter itself
     assert "defender_exporter_build_info" not in body
 
