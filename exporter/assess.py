@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from .causes import VERDICT_TABLE, Cause, Finding
 from .config import Config, ProbeJob, Route
@@ -82,6 +84,7 @@ class Assessor:
         self.crl_cache = crl_cache or CRLCache(config.limits, config.connect_to)
         self.crl_cache.reconfigure(config.limits, config.connect_to)
         self._roots: dict[bytes, x509.Certificate] | None = None
+        self._judgements: OrderedDict[tuple[int, bytes, bytes], tuple[object, RevocationStatus, float]] = OrderedDict()
 
     @property
     def system_route(self) -> Route:
@@ -132,7 +135,7 @@ class Assessor:
         seconds is "unreachable" (timed out)."""
         budget = job.group.timeout if budget is None else budget
         route = self.system_route
-        certs = [x509.load_der_x509_certificate(f.der) for f in path]
+        certs = [_certificate(f.der) for f in path]
         deadline = time.monotonic() + budget
 
         async def one(i: int, facts: CertFacts) -> RevocationStatus:
@@ -143,6 +146,8 @@ class Assessor:
                     issuer = await self.crl_cache.fetch_issuer(url, route, _left(deadline))
                     if issuer is not None:
                         break
+            issuer_der = path[i + 1].der if i + 1 < len(path) else (
+                issuer.public_bytes(Encoding.DER) if issuer is not None else b"")
             if not facts.crl_urls:
                 if trace:
                     trace(f"CRL: {facts.subject} has no CRL distribution point -> unknown (does not fail)")
@@ -154,7 +159,7 @@ class Assessor:
                 except Exception as exc:  # noqa: BLE001 - a bug here must not lose the job
                     status = RevocationStatus("unreachable", url, f"CRL check failed: {exc}")
                     continue
-                status = self.crl_cache.judge(cert, issuer, check)
+                status = self._judge(cert, facts.der, issuer, issuer_der, check)
                 if trace:
                     how = "304 not modified" if check.not_modified else (
                         f"HTTP {check.http_status}" if check.reachable else check.error)
@@ -181,6 +186,25 @@ class Assessor:
                 statuses.append((facts.subject, RevocationStatus(
                     "unreachable", url, f"{Reason.TIMEOUT}: revocation check not finished within {budget:.1f} s")))
         return ChainRevocation(tuple(statuses))
+
+    def _judge(self, cert: x509.Certificate, der: bytes, issuer: x509.Certificate | None, issuer_der: bytes,
+               check) -> RevocationStatus:
+        """CRLCache.judge, remembered per (CRL check, certificate): every probe of a
+        target within RECHECK_SECONDS shares one check object, so its chain is
+        judged once, not once per probe (issuer names, signature, serial look-up).
+        A remembered verdict ends with the CRL's nextUpdate, when it turns stale."""
+        key = (id(check), der, issuer_der)
+        hit = self._judgements.get(key)
+        now = time.time()
+        if hit is not None and hit[0] is check and now < hit[2]:
+            return hit[1]
+        status = self.crl_cache.judge(cert, issuer, check, now=now)
+        document = check.document
+        until = document.next_update if document is not None and document.next_update is not None else now + 3600
+        self._judgements[key] = (check, status, until)  # holding `check` keeps its id unique
+        if len(self._judgements) > _JUDGEMENTS_KEPT:
+            self._judgements.popitem(last=False)
+        return status
 
     def _presented_reaches_expected_root(self, presented: tuple[CertFacts, ...], expected: frozenset[bytes]) -> bool:
         roots = [cert for fp, cert in self._known_roots().items() if fp in expected]
@@ -252,6 +276,21 @@ class Assessor:
         if system.proxy is None and job.route.proxy is not None:
             return Cause.WINHTTP_PROXY_MISSING
         return Cause.CRL_BLOCKED
+
+
+_JUDGEMENTS_KEPT = 4096
+_PARSED_KEPT = 4096
+_parsed: OrderedDict[bytes, x509.Certificate] = OrderedDict()
+
+
+def _certificate(der: bytes) -> x509.Certificate:
+    """Parse a DER certificate once: the same chain comes back on every probe."""
+    cert = _parsed.get(der)
+    if cert is None:
+        cert = _parsed[der] = x509.load_der_x509_certificate(der)
+        if len(_parsed) > _PARSED_KEPT:
+            _parsed.popitem(last=False)
+    return cert
 
 
 def _revocation_budget(timeout: float, probe_duration: float) -> float:
