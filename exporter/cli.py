@@ -126,13 +126,14 @@ async def _serve(config, args, host: str | None, port: int) -> int:
     except WebConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    exporter = Exporter(config, config_path=args.config_file)
+    exporter = Exporter(config, config_path=args.config_file, web_config=web_config,
+                        web_config_path=args.web_config_file)
+    exporter.web_ssl_context = web_config.ssl_context() if web_config else None
     app = make_app(exporter, web_config=web_config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=web_config.ssl_context() if web_config else None,
-                           reuse_address=True)
+        site = web.TCPSite(runner, host, port, ssl_context=exporter.web_ssl_context, reuse_address=True)
         await site.start()
     except OSError as exc:
         await runner.cleanup()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from .assess import Assessor
 from .collector import DefenderCollector, exposition_cache
 from .config import Config, ConfigError, load_config
 from .hostside import HostConfig, collect_host
+from .webconfig import WebConfig, WebConfigError, load_web_config
 from .probes import ProbeEnv
 from .scheduler import Scheduler
 from .state import ResultStore
@@ -25,9 +27,14 @@ log = logging.getLogger("exporter")
 
 
 class Exporter:
-    def __init__(self, config: Config, *, config_path: str | Path | None = None):
+    def __init__(self, config: Config, *, config_path: str | Path | None = None,
+                 web_config: WebConfig | None = None, web_config_path: str | None = None):
         self.config = config
         self.config_path = config_path
+        # --web.config.file: re-read on reload, applied to the running server in place.
+        self.web_config = web_config
+        self.web_config_path = web_config_path
+        self.web_ssl_context: ssl.SSLContext | None = None
         self.store = ResultStore()
         self.env = ProbeEnv.from_config(config)
         self.assessor = Assessor(config, trust=self.env.trust)
@@ -91,12 +98,16 @@ class Exporter:
             self._task = None
 
     async def reload(self) -> tuple[bool, str]:
-        """Re-read the config file. A bad file keeps the running config."""
+        """Re-read the config file (and --web.config.file). A bad file keeps the
+        running configuration, all of it: nothing is applied unless both are good."""
         async with self._reload_lock:
             try:
                 config = await asyncio.to_thread(load_config, self.config_path)
                 env = await asyncio.to_thread(ProbeEnv.from_config, config)
-            except ConfigError as exc:
+                if self.web_config is not None and self.web_config_path:
+                    new_web = await asyncio.to_thread(load_web_config, self.web_config_path)
+                    self.web_config.update_from(new_web, self.web_ssl_context)
+            except (ConfigError, WebConfigError) as exc:
                 self.store.mark_reload(False)
                 log.error("config reload failed, keeping the running config: %s", exc)
                 return False, str(exc)

@@ -46,7 +46,7 @@ def make_app(exporter: Exporter, *, web_config: WebConfig | None = None,
     if web_config is not None:
         middlewares.append(_security_middleware(web_config))
     app = web.Application(client_max_size=64 * 1024, middlewares=middlewares)
-    if web_config is not None and web_config.headers:
+    if web_config is not None:
         # Every answer, errors and streamed ones (/metrics sends its headers at
         # prepare(), before a middleware sees it again), gets the configured headers.
         async def add_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -83,6 +83,32 @@ class WebConfig:
             ctx.maximum_version = TLS_VERSIONS[self.tls.max_version]
         return ctx
 
+    def update_from(self, new: "WebConfig", context: ssl.SSLContext | None) -> None:
+        """Apply a re-read file to the running server (SIGHUP, /-/reload).
+
+        Users and headers apply at once; a rotated certificate and key are loaded
+        into the live TLS context, so the next handshake presents them. What an
+        SSLContext cannot take back in place needs a restart and is refused with
+        this error rather than half applied: switching TLS on or off, and any
+        change of client_auth_type, client_ca_file or the TLS versions (a CA once
+        loaded stays trusted by that context)."""
+        if (self.tls is None) != (new.tls is None):
+            raise WebConfigError(f"{new.source}: tls_server_config: switching TLS on or off needs a restart")
+        if self.tls is not None and new.tls is not None:
+            fixed = ("client_auth_type", "client_ca_file", "min_version", "max_version")
+            changed = [k for k in fixed if getattr(self.tls, k) != getattr(new.tls, k)]
+            if changed:
+                raise WebConfigError(f"{new.source}: tls_server_config.{changed[0]}: changing it needs a restart")
+            if context is not None:
+                try:
+                    context.load_cert_chain(new.tls.cert_file, new.tls.key_file)
+                except (OSError, ssl.SSLError) as exc:
+                    raise WebConfigError(f"{new.source}: tls_server_config: {exc}") from None
+        self.tls = new.tls
+        self.users = dict(new.users)
+        self.headers = dict(new.headers)
+        self._cache.clear()
+
     def check_password(self, user: str, password: str) -> bool:
         """bcrypt is slow by design; a successful check is remembered a while
         (keyed by a hash of the credentials) so scrapes do not pay it each time."""

@@ -331,3 +331,70 @@ def test_cli_serves_tls_from_web_config(tmp_path, healthy_config, web_pki):
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=10)
     assert f"listening on https://127.0.0.1:{port}" in stderr
+
+
+def _served_leaf_serial(port: int) -> int:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            from cryptography import x509 as _x509
+
+            return _x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
+
+
+def test_sighup_rotates_the_certificate_and_users_and_refuses_what_needs_a_restart(tmp_path, healthy_config,
+                                                                                  web_pki):
+    pki, server, _ = web_pki
+    rotated = pki.issue_leaf(["localhost"])
+    web = write_web_config(tmp_path, {
+        "tls_server_config": {"cert_file": str(server.chain_path), "key_file": str(server.key_path)},
+        "basic_auth_users": {"alice": hashed("old")}})
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "exporter", "--config.file", str(healthy_config),
+                                "--web.config.file", str(web), "--web.listen-address", f"127.0.0.1:{port}"],
+                               stderr=subprocess.PIPE, text=True, cwd=REPO)
+    context = client_context(pki)
+    try:
+        deadline = time.time() + 20
+        while True:
+            try:
+                request(port, "/-/healthy", context=context)
+                break
+            except OSError:
+                assert time.time() < deadline and process.poll() is None
+                time.sleep(0.1)
+        assert _served_leaf_serial(port) == server.serial
+        assert request(port, "/metrics", context=context, auth=("alice", "old"))[0] == 200
+
+        write_web_config(tmp_path, {
+            "tls_server_config": {"cert_file": str(rotated.chain_path), "key_file": str(rotated.key_path)},
+            "basic_auth_users": {"bob": hashed("new")}})
+        process.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while _served_leaf_serial(port) != rotated.serial:
+            assert time.time() < deadline, "the rotated certificate was not served"
+            time.sleep(0.1)
+        assert request(port, "/metrics", context=context, auth=("alice", "old"))[0] == 401
+        assert request(port, "/metrics", context=context, auth=("bob", "new"))[0] == 200
+
+        # A client CA cannot be taken back from a live TLS context: refused, the running config stays.
+        write_web_config(tmp_path, {
+            "tls_server_config": {"cert_file": str(rotated.chain_path), "key_file": str(rotated.key_path),
+                                  "client_auth_type": "RequireAndVerifyClientCert",
+                                  "client_ca_file": str(pki.ca_bundle_path)},
+            "basic_auth_users": {"carol": hashed("x")}})
+        process.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while "reload_successful 0.0" not in request(port, "/metrics", context=context, auth=("bob", "new"))[2]:
+            assert time.time() < deadline, "the refused reload was not reported"
+            time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(10)
+        stderr = process.stderr.read()
+    assert "client_auth_type: changing it needs a restart" in stderr
+    assert "Traceback" not in stderr
