@@ -102,9 +102,7 @@ class Assessor:
             budget = _revocation_budget(job.group.timeout, probe.duration)
             revocation = await self.check_revocation(job, tls.verified_path, trace=trace, budget=budget)
             if job.group.expected_roots:
-                intercepted = tls.verified_path[-1].fingerprint_sha256 not in {
-                    fp.hex() for fp in job.group.expected_roots
-                }
+                intercepted = bytes.fromhex(tls.verified_path[-1].fingerprint_sha256) not in job.group.expected_roots
                 if trace:
                     trace(f"pinning: chain ends at {tls.verified_path[-1].subject}: "
                           + ("NOT an expected root (intercepted)" if intercepted else "expected root"))

@@ -130,10 +130,6 @@ REMEDIES: dict[Cause, str] = {
 }
 
 
-def row_for(reason: str) -> VerdictRow:
-    return VERDICT_TABLE[reason]
-
-
 # Rows whose cause assess.py chooses from the situation: crl_unreachable from the
 # routes, an untrusted or misnamed chain from pinning (an intercepted chain).
 ALTERNATE_CAUSES: dict[str, tuple[Cause, ...]] = {

@@ -20,7 +20,7 @@ import time
 from typing import Awaitable, Callable, Iterable
 
 from .config import ProbeJob
-from .probes import ProbeEnv, ProbeResult, run_probe
+from .probes import ProbeEnv
 from .state import ResultStore
 
 log = logging.getLogger("exporter.scheduler")
@@ -41,14 +41,10 @@ SAFETY_MARGIN = 5.0
 JobRunner = Callable[[ProbeJob, ProbeEnv], Awaitable[object]]
 
 
-async def probe_only(job: ProbeJob, env: ProbeEnv) -> ProbeResult:
-    return await run_probe(job, env)
-
-
 class Scheduler:
     def __init__(
         self, store: ResultStore, env: ProbeEnv, jobs: Iterable[ProbeJob], *, concurrency: int,
-        runner: JobRunner = probe_only,
+        runner: JobRunner,
     ):
         self.store = store
         self.env = env
@@ -215,16 +211,3 @@ class Scheduler:
             self._in_flight.pop(job.key, None)
         if outcome is not None and job.key in self._jobs and self._jobs[job.key] is job:
             self.store.record(job, outcome)
-
-    async def run_once(self, jobs: Iterable[ProbeJob] | None = None) -> None:
-        """Probe every job once now (bounded by concurrency) and wait: for `check`."""
-        selected = list(self._jobs.values()) if jobs is None else list(jobs)
-
-        async def one(job: ProbeJob) -> None:
-            async with self._semaphore:
-                outcome = await self.runner(job, self.env)
-            self.store.record(job, outcome)
-
-        async with asyncio.TaskGroup() as group:
-            for job in selected:
-                group.create_task(one(job))

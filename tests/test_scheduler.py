@@ -121,7 +121,8 @@ def test_following_slot_never_returns_the_same_slot(tmp_path):
     spun on one slot, probing twice and counting hundreds of thousands of starts."""
     urls = [f"http://host{i}.lab.example/" for i in range(7)]
     config = load_config(lab_config(tmp_path, {"intranet": urls}, interval="60s", timeout="5s"))
-    scheduler = Scheduler(ResultStore(), ProbeEnv.from_config(config), config.jobs(), concurrency=4)
+    scheduler = Scheduler(ResultStore(), ProbeEnv.from_config(config), config.jobs(), concurrency=4,
+                          runner=Recorder(config))
     scheduler._epoch = 123456.789  # a monotonic clock far from zero, as after days of uptime
     for key in scheduler._jobs:
         base = scheduler._epoch + scheduler._offsets[key]

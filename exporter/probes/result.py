@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..metrics import PHASES
 from ..reasons import Reason
 
 
@@ -57,7 +56,7 @@ class ProbeResult:
     reason: Reason | None
     started_at: float  # unix seconds
     duration: float  # wall seconds
-    phases: tuple[tuple[str, float], ...]  # every phase of PHASES, 0 where it did not run
+    phases: tuple[tuple[str, float], ...]  # every phase of metrics.PHASES, 0 where it did not run
     detail: str = ""  # human words: the error, the proxy's own error header, ...
     http_status: int = 0
     peer: str = ""  # address connected to (the proxy's when there is one)
@@ -70,7 +69,3 @@ class ProbeResult:
 
     def phase(self, name: str) -> float:
         return dict(self.phases).get(name, 0.0)
-
-
-def empty_phases() -> dict[str, float]:
-    return {p: 0.0 for p in PHASES}
