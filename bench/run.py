@@ -91,6 +91,15 @@ async def scrape(session: aiohttp.ClientSession, port: int, *, gz: bool = False,
     return text, elapsed, len(body)
 
 
+def curl_scrape(port: int, *, gz: bool) -> float:
+    """GET /metrics with curl: seconds to the last byte (curl's time_total)."""
+    result = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-H", f"Accept-Encoding: {'gzip' if gz else 'identity'}",
+         "-w", "%{time_total}", f"http://127.0.0.1:{port}/metrics"],
+        capture_output=True, text=True, timeout=120, check=True)
+    return float(result.stdout)
+
+
 async def wait_ready(session: aiohttp.ClientSession, port: int, timeout: float) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
@@ -261,7 +270,8 @@ async def scale(args: argparse.Namespace) -> dict:
         config = lab.write_exporter_config(urls, interval=interval, timeout=min(10, interval))
         ours, port = lab.start_exporter(config, uvloop=args.uvloop, cached_metrics=args.cached_metrics)
         cpu_start = ours.cpu()
-        plain_times, gzip_times = [], []
+        plain_times, gzip_times, curl_plain, curl_gzip = [], [], [], []
+        scrape_log = []  # (unix time, aiohttp plain, aiohttp gzip, curl plain, curl gzip) in ms
         sizes = {}
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
             first_round = await wait_ready(session, port, timeout=max(600, n / 10))
@@ -285,6 +295,13 @@ async def scale(args: argparse.Namespace) -> dict:
                     _, seconds, size = await scrape(session, port, gz=True, decode=False)
                     gzip_times.append(seconds)
                     sizes["gzip"] = size
+                    # The same with curl: a C client reads about as fast as
+                    # Prometheus's Go one, so this is the server's own time.
+                    curl_plain.append(await asyncio.to_thread(curl_scrape, port, gz=False))
+                    curl_gzip.append(await asyncio.to_thread(curl_scrape, port, gz=True))
+                    scrape_log.append((round(time.time(), 3), round(1000 * plain_times[-1], 1),
+                                       round(1000 * gzip_times[-1], 1), round(1000 * curl_plain[-1], 1),
+                                       round(1000 * curl_gzip[-1], 1)))
                 total = sum(totals_by_target(text).values())
                 per_interval.append(total - previous)
                 previous = total
@@ -312,7 +329,12 @@ async def scale(args: argparse.Namespace) -> dict:
             "metrics_plain_ms_p99": 1000 * quantile(plain_times, 0.99),
             "metrics_gzip_ms_p50": 1000 * quantile(gzip_times, 0.5),
             "metrics_gzip_ms_p99": 1000 * quantile(gzip_times, 0.99),
+            "metrics_curl_plain_ms_p50": 1000 * quantile(curl_plain, 0.5),
+            "metrics_curl_plain_ms_p99": 1000 * quantile(curl_plain, 0.99),
+            "metrics_curl_gzip_ms_p50": 1000 * quantile(curl_gzip, 0.5),
+            "metrics_curl_gzip_ms_p99": 1000 * quantile(curl_gzip, 0.99),
             "metrics_scrapes": len(plain_times) + len(gzip_times),
+            "metrics_scrape_log": scrape_log,
             "metrics_plain_bytes": sizes.get("plain", 0),
             "metrics_gzip_bytes": sizes.get("gzip", 0),
             "wall_s": t1 - t0,
@@ -335,7 +357,11 @@ def print_scale(r: dict) -> None:
     print(f"/metrics plain: p50 {r['metrics_plain_ms_p50']:.1f} ms, p99 {r['metrics_plain_ms_p99']:.1f} ms, "
           f"{r['metrics_plain_bytes'] / 1e6:.2f} MB; gzip: p50 {r['metrics_gzip_ms_p50']:.1f} ms, "
           f"p99 {r['metrics_gzip_ms_p99']:.1f} ms, {r['metrics_gzip_bytes'] / 1e6:.2f} MB "
-          f"({r['metrics_scrapes']} scrapes)")
+          f"({r['metrics_scrapes']} scrapes, aiohttp client)")
+    if "metrics_curl_plain_ms_p50" in r:
+        print(f"/metrics with curl: plain p50 {r['metrics_curl_plain_ms_p50']:.1f} ms, "
+              f"p99 {r['metrics_curl_plain_ms_p99']:.1f} ms; gzip p50 {r['metrics_curl_gzip_ms_p50']:.1f} ms, "
+              f"p99 {r['metrics_curl_gzip_ms_p99']:.1f} ms")
 
 
 # ----------------------------------------------------------------------------- fidelity

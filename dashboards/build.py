@@ -334,9 +334,12 @@ def target_detail() -> dict:
     b.add(timeseries("Phases of the last probe", "resolve, connect, proxy_connect, tls, processing, transfer.", [
         target(f"defender_probe_phase_duration_seconds{{{SEL_T}}}", "{{target}} ({{route}}) {{phase}}")],
         unit="s", stacked=True, bars=True), w=12, h=8)
-    b.add(timeseries("Latency p95", "From the defender_probe_latency_seconds histogram.", [
-        target("histogram_quantile(0.95, sum by (target, route, le) (rate(defender_probe_latency_seconds_bucket"
-               f"{{{SEL_T}}}[$__rate_interval])))", "p95 {{target}} ({{route}})")], unit="s"), w=12, h=8)
+    b.add(timeseries("Group latency p95",
+                     "95th percentile of every probe of the target's group on its route (the "
+                     "defender_probe_latency_seconds histogram is kept per group and route, not per target).", [
+        target("histogram_quantile(0.95, sum by (group, route, le) (rate(defender_probe_latency_seconds_bucket"
+               f"{{{SEL_G}, route=~\"$route\"}}[$__rate_interval])))", "p95 {{group}} ({{route}})")],
+        unit="s"), w=12, h=8)
     b.add(timeseries("Probe results", "Probes per second by result.", [
         target(f"sum by (target, route, result) (rate(defender_probes_total{{{SEL_T}}}[$__rate_interval]))",
                "{{target}} ({{route}}) {{result}}")], unit="ops"), w=12, h=8)

@@ -65,7 +65,8 @@ PROBES_TOTAL = _spec(
     "Probes run since the exporter started, by result.", TARGET_LABELS + ("result",))
 PROBE_LATENCY = _spec(
     "defender_probe_latency_seconds", "histogram",
-    "Wall time of every probe since the exporter started.", TARGET_LABELS)
+    "Wall time of every probe since the exporter started, per group and route (per target: "
+    "defender_probe_duration_seconds).", ("group", "route"))
 
 TLS_VERSION_INFO = _spec(
     "defender_tls_version_info", "gauge", "TLS version negotiated by the last probe." + CACHED,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from .config import ProbeJob
@@ -76,7 +76,6 @@ class JobStats:
     successes: int = 0
     failures: int = 0
     skipped: int = 0
-    latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
 
 
 class ResultStore:
@@ -84,6 +83,10 @@ class ResultStore:
         self.jobs: dict[tuple, ProbeJob] = {}
         self.latest: dict[tuple, Outcome] = {}
         self.stats: dict[tuple, JobStats] = {}
+        # Probe wall time per (group, route), not per target: one observation
+        # per target and interval gives a per-target histogram nothing to
+        # aggregate, while 15 lines per target were a third of /metrics.
+        self.latency: dict[tuple[str, str], Histogram] = {}
         self.lag = Histogram(LAG_BUCKETS)
         self.reload_successful = True
         self.reload_success_timestamp = 0.0
@@ -116,6 +119,8 @@ class ResultStore:
                 del self.stats[key]
         for key in self.jobs:
             self.stats.setdefault(key, JobStats())
+        routes = {(job.group.name, job.route.name) for job in self.jobs.values()}
+        self.latency = {gr: self.latency.get(gr) or Histogram(LATENCY_BUCKETS) for gr in sorted(routes)}
         if not self.initial_jobs:
             self.initial_jobs = frozenset(self.jobs)
         self.version += 1
@@ -131,7 +136,9 @@ class ResultStore:
             stats.successes += 1
         else:
             stats.failures += 1
-        stats.latency.observe(outcome.probe.duration)
+        histogram = self.latency.get((job.group.name, job.route.name))
+        if histogram is not None:
+            histogram.observe(outcome.probe.duration)
         self.version += 1
         self.key_versions[job.key] = self.version
         for listener in self.listeners:

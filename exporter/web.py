@@ -38,6 +38,8 @@ OPEN_PATHS = frozenset({"/-/healthy", "/-/ready"})
 # a few at a time, so a flood of wrong passwords cannot stall probes or scrapes.
 BCRYPT_CONCURRENCY = 2
 TEXT = "text/plain"
+# Bytes of /metrics body that may wait in the transport (see metrics()).
+METRICS_WRITE_BUFFER = 4 * 1024 * 1024
 
 
 def make_app(exporter: Exporter, *, web_config: WebConfig | None = None,
@@ -121,6 +123,10 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     # first piece, so writing (which yields to the loop) cannot mix two moments.
     pieces = exporter.collector.iter_exposition(gzip=wants_gzip)
     await response.prepare(request)
+    if request.transport is not None:
+        # Let a few megabytes queue in the transport before write() waits: each
+        # wait is a trip round the event loop, behind whatever probes are doing.
+        request.transport.set_write_buffer_limits(high=METRICS_WRITE_BUFFER)
     for piece in pieces:
         await response.write(piece)
     await response.write_eof()

@@ -7,6 +7,7 @@ fails to resolve, clearly, and nothing crashes.
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -86,10 +87,28 @@ def test_console_script_serves_lab_metrics_and_shuts_down(tmp_path, lab_pki, lab
     assert "# HELP defender_probe_success" in body and "Cached from the background scheduler" in body
 
 
-def test_every_metric_name_in_the_contract_is_documented():
+def test_every_metric_in_the_contract_is_documented_with_its_type_and_labels():
+    """The README's metrics table says what metrics.py defines: name, type, and
+    the labels besides group, target and route (or, for series without them,
+    all their labels)."""
     readme = (HERE.parent / "README.md").read_text()
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and re.fullmatch(r"`defender_\w+`", cells[0]):
+            rows[cells[0].strip("`")] = cells
     for spec in m.ALL:
-        assert f"`{spec.name}`" in readme, f"README's metrics table lacks {spec.name}"
+        assert spec.name in rows, f"README's metrics table lacks {spec.name}"
+        _, type_, labels_cell, _ = rows[spec.name]
+        assert type_ == spec.type, f"README gives {spec.name} the type {type_}"
+        # Parenthesised words are values or notes, not label names.
+        documented = set(re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", labels_cell)))
+        per_target = set(m.TARGET_LABELS) <= set(spec.labels)
+        expected = set(spec.labels) - set(m.TARGET_LABELS) if per_target else set(spec.labels)
+        assert documented == expected, f"README gives {spec.name} the labels {documented}, metrics.py {expected}"
+        if not per_target and spec.labels:
+            assert "(no " in labels_cell or spec.name.startswith(("defender_crl_", "defender_exporter_")), \
+                f"README must say {spec.name} lacks the per-target labels"
 
 
 def test_bad_usage_exits_2():

@@ -64,3 +64,62 @@ def test_cached_exposition_matches_prometheus_client_and_gzip_is_one_member(tmp_
     assert promtool
     lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=60)
     assert (lint.stdout + lint.stderr).strip() == b""
+
+
+def _made_up_outcome(i: int, *, ok: bool):
+    from exporter.probes.result import CertFacts, ProbeResult, TLSFacts
+    from exporter.reasons import Reason
+    from exporter.state import MapsVerdict, Outcome
+
+    leaf = CertFacts(b"leaf", f'CN=t{i}.lab,O="quoted\\\\name"', "CN=Lab CA", f"{i:04X}", "%064x" % i, 1.7e9, 1.8e9)
+    tls = TLSFacts("TLSv1.3", "TLS_AES_128_GCM_SHA256", (leaf,), (leaf,) if ok else ())
+    probe = ProbeResult(ok, None if ok else Reason.TLS_UNTRUSTED, 1.7e9 + i, 0.01 * (i + 1),
+                        (("resolve", 0.0), ("connect", 0.001 * i), ("proxy_connect", 0.0), ("tls", 0.002),
+                         ("processing", 0.003), ("transfer", 0.0001)), http_status=200 if ok else 0, tls=tls)
+    maps = MapsVerdict(ok, reason="" if ok else "tls_untrusted", hresult="" if ok else "0x80072F8F",
+                       cause="" if ok else "tls_inspection")
+    return Outcome(probe, revoked=False, intercepted=not ok, maps=maps)
+
+
+def test_cached_exposition_follows_reloads_that_add_remove_and_reorder_jobs():
+    """The fragment columns are laid out by job order; a reload that adds,
+    drops and reorders jobs must leave them equal to generate_latest()."""
+    from exporter.config import parse_config
+    from exporter.runtime import Exporter
+
+    def config(urls):
+        lines = ["interval: 60s", "groups:"]
+        lines += [f"  {g}: {{enabled: false}}" for g in ("update", "adl", "submission", "crl", "diagnostics")]
+        lines += ["  maps:", "    targets:"] + [f'      - "{u}"' for u in urls]
+        return parse_config("\n".join(lines) + "\n")
+
+    def check(exporter):
+        reference = generate_latest(exporter.registry)
+        assert exporter.collector.render_exposition() == reference
+        assert gzip.decompress(exporter.collector.render_exposition(gzip=True)) == reference
+        return reference.decode()
+
+    exporter = Exporter(config([f"https://t{i}.wd.microsoft.com/" for i in range(6)]))
+    jobs = exporter.config.jobs()
+    # Unchanged jobs of a reload are the same objects: their lines are kept, not re-rendered.
+    exporter.store.set_jobs(jobs[:4])
+    check(exporter)  # jobs without results
+    for i, job in enumerate(jobs[:4]):
+        exporter.store.record(job, _made_up_outcome(i, ok=i % 2 == 0))
+    before = check(exporter)
+    assert 'defender_probe_success{group="maps",route="defender",target="https://t1.wd.microsoft.com/"} 0.0' in before
+
+    # Reload: t0 and t2 dropped, t5 and t4 added in front, the rest reordered.
+    exporter.store.set_jobs([jobs[5], jobs[3], jobs[4], jobs[1]])
+    after = check(exporter)
+    assert "t0.wd" not in after and "t2.wd" not in after
+    assert after.count("defender_target_info{") == 4
+    # t1 and t3 kept their results; t4 and t5 have none yet.
+    assert 'defender_probe_success{group="maps",route="defender",target="https://t3.wd.microsoft.com/"} 0.0' in after
+    assert "defender_probe_success{" + 'group="maps",route="defender",target="https://t5.wd' not in after
+
+    for i, job in enumerate([jobs[5], jobs[3], jobs[4], jobs[1]]):
+        exporter.store.record(job, _made_up_outcome(10 + i, ok=True))
+    final = check(exporter)
+    assert 'defender_probe_success{group="maps",route="defender",target="https://t3.wd.microsoft.com/"} 1.0' in final
+    assert final.count("defender_probe_latency_seconds_count{") == 1  # one (group, route)

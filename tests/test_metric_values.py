@@ -83,11 +83,17 @@ def test_metric_values_from_a_lab_exporter(tmp_path, lab_pki, lab_servers):
     assert _one(samples, "defender_exporter_scheduler_lag_seconds_count").value >= 2
     assert _one(samples, "defender_exporter_config_last_reload_successful").value == 1
 
-    # per target: counters and the histogram agree, the last run is recent
+    # per target: the counters; per group and route: the latency histogram counts
+    # every probe of the group's targets on that route; the last run is recent
     runs = sum(_one(samples, "defender_probes_total", **ok, result=r).value for r in ("success", "failure"))
     assert runs >= 3
-    assert _one(samples, "defender_probe_latency_seconds_count", **ok).value == runs
-    assert _one(samples, "defender_probe_latency_seconds_bucket", **ok, le="+Inf").value == runs
-    assert _one(samples, "defender_probe_latency_seconds_bucket", **ok, le="0.005").value <= runs
+    group_runs = sum(s.value for s in samples if s.name == "defender_probes_total"
+                     and s.labels["group"] == ok["group"] and s.labels["route"] == ok["route"])
+    assert group_runs > runs  # the group has more than this one target
+    per_route = {"group": ok["group"], "route": ok["route"]}
+    assert _one(samples, "defender_probe_latency_seconds_count", **per_route).value == group_runs
+    assert _one(samples, "defender_probe_latency_seconds_bucket", **per_route, le="+Inf").value == group_runs
+    assert _one(samples, "defender_probe_latency_seconds_bucket", **per_route, le="0.005").value <= group_runs
+    assert not [s for s in samples if s.name.startswith("defender_probe_latency_seconds") and "target" in s.labels]
     assert time.time() - _one(samples, "defender_probe_last_run_timestamp_seconds", **ok).value < 5
     assert _one(samples, "defender_probe_failure_reason", **bad).labels["reason"] == "tls_expired"
