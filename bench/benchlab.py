@@ -232,7 +232,7 @@ http {{
         port = free_port()
         args = ["--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}", "--log.level", "warn"]
         variant = {"BENCH_UVLOOP": "1" if uvloop else "0", "BENCH_CACHED_METRICS": "1" if cached_metrics else "0"}
-        if uvloop or cached_metrics:
+        if uvloop or cached_metrics or os.environ.get("BENCH_GC_LOG") == "1":
             argv = [sys.executable, str(ROOT / "bench" / "exporter_variant.py"), *args]
         else:
             argv = [sys.executable, "-m", "exporter", *args]

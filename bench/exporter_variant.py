@@ -5,6 +5,7 @@ touching the shipped files:
                             option of exporter/cli.py would do)
     BENCH_CACHED_METRICS=1  /metrics served by collector.render_exposition()
                             (the change proposed for exporter/web.py)
+    BENCH_GC_LOG=1          log every full garbage collection and its pause
 
     python bench/exporter_variant.py --config.file F --web.listen-address 127.0.0.1:PORT
 """
@@ -14,6 +15,24 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+if os.environ.get("BENCH_GC_LOG") == "1":
+    # Log every full (generation 2) collection and its pause to stderr.
+    import gc
+    import time
+
+    _gc_started = [0.0]
+
+    def _gc_timer(phase: str, info: dict) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            _gc_started[0] = time.perf_counter()
+        else:
+            print(f"gc2 {time.time():.3f} {1000 * (time.perf_counter() - _gc_started[0]):.1f} ms "
+                  f"collected={info.get('collected')}", file=sys.stderr, flush=True)
+
+    gc.callbacks.append(_gc_timer)
 
 if os.environ.get("BENCH_UVLOOP") == "1":
     import uvloop

@@ -117,6 +117,7 @@ def _loop_factory(choice: str):
 async def _serve(config, args, host: str | None, port: int) -> int:
     from aiohttp import web
 
+    from .gcpolicy import FullCollections
     from .runtime import Exporter
     from .web import make_app
     from .webconfig import WebConfigError, load_web_config
@@ -140,6 +141,8 @@ async def _serve(config, args, host: str | None, port: int) -> int:
         print(f"error: cannot listen on {args.listen_address}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     exporter.start()
+    full_collections = FullCollections()
+    full_collections.start()
     scheme = "https" if web_config and web_config.tls else "http"
     log.info("listening on %s://%s:%d with %d probe jobs from %s (event loop: %s)", scheme, host or "0.0.0.0",
              port, len(config.jobs()), config.source, type(asyncio.get_running_loop()).__module__.split(".")[0])
@@ -158,6 +161,7 @@ async def _serve(config, args, host: str | None, port: int) -> int:
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     await stop.wait()
     log.info("shutting down")
+    full_collections.stop()
     try:
         async with asyncio.timeout(SHUTDOWN_GRACE):
             await exporter.stop()
