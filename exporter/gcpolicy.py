@@ -9,44 +9,69 @@ garbage at all (`BENCH_GC_LOG=1 python bench/run.py scale`). A pause delays
 every probe's reads and whatever /metrics scrape is streaming.
 
 So: the young generations are collected as CPython likes, and the full
-collection runs on a fixed period instead. Cyclic garbage (rare here) lives at
-most one period.
+collection runs about once a period instead, right after a /metrics response
+has gone out when there is one (the next scrape is then a scrape interval
+away), else at the latest half a period late. Cyclic garbage (rare here)
+lives at most one and a half periods.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import time
 
 FULL_COLLECTION_INTERVAL = 60.0
 # A generation-2 threshold the count of generation-1 collections never reaches.
 _NEVER = 1 << 30
 
+_active: "FullCollections | None" = None
+
 
 class FullCollections:
-    """Replaces CPython's own trigger for full collections by a timer."""
+    """Replaces CPython's own trigger for full collections by a schedule."""
 
     def __init__(self, interval: float = FULL_COLLECTION_INTERVAL):
         self.interval = interval
+        self.due = 0.0
         self._saved: tuple[int, int, int] | None = None
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
+        global _active
         if self._task is not None:
             return
         self._saved = gc.get_threshold()
         gc.set_threshold(self._saved[0], self._saved[1], _NEVER)
+        self.due = time.monotonic() + self.interval
         self._task = asyncio.get_running_loop().create_task(self._run(), name="full-gc")
+        _active = self
+
+    def collect(self) -> None:
+        gc.collect()
+        self.due = time.monotonic() + self.interval
 
     async def _run(self) -> None:
+        # The backstop: when no scrape came along, collect half a period late.
         while True:
-            await asyncio.sleep(self.interval)
-            gc.collect()
+            await asyncio.sleep(max(0.0, self.due + self.interval / 2 - time.monotonic()))
+            if time.monotonic() >= self.due + self.interval / 2:
+                self.collect()
 
     def stop(self) -> None:
+        global _active
         if self._task is not None:
             self._task.cancel()
             self._task = None
         if self._saved is not None:
             gc.set_threshold(*self._saved)
             self._saved = None
+        if _active is self:
+            _active = None
+
+
+def scrape_finished() -> None:
+    """Called after a /metrics response went out: a quiet moment to collect."""
+    policy = _active
+    if policy is not None and time.monotonic() >= policy.due:
+        policy.collect()

@@ -21,7 +21,7 @@ import logging
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from . import ondemand
+from . import gcpolicy, ondemand
 from .ondemand import NotAllowed, ProbeLimits, RateLimiter, Redactor
 from .runtime import Exporter
 from .statuspage import render_config, render_status
@@ -40,6 +40,8 @@ BCRYPT_CONCURRENCY = 2
 TEXT = "text/plain"
 # Bytes of /metrics body that may wait in the transport (see metrics()).
 METRICS_WRITE_BUFFER = 4 * 1024 * 1024
+# Seconds after a /metrics response when a due full garbage collection runs.
+GC_AFTER_SCRAPE = 1.0
 
 
 def make_app(exporter: Exporter, *, web_config: WebConfig | None = None,
@@ -130,6 +132,10 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     for piece in pieces:
         await response.write(piece)
     await response.write_eof()
+    # The next scrape is a scrape interval away: a full collection in a
+    # moment (once the transport has sent the last queued bytes), if one is
+    # due, pauses nobody's scrape (gcpolicy.py).
+    asyncio.get_running_loop().call_later(GC_AFTER_SCRAPE, gcpolicy.scrape_finished)
     return response
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import weakref
 
 from exporter.gcpolicy import FullCollections
@@ -49,3 +50,54 @@ def test_full_collections_run_on_the_timer_and_thresholds_come_back():
     assert seen["alive_before_timer"] and not seen["alive_after_timer"]
     assert seen["full_after_timer"] >= 1
     assert gc.get_threshold() == before
+
+
+def test_a_due_full_collection_runs_after_a_scrape_not_before(tmp_path):
+    """With a scrape, the full collection happens just after it (when due),
+    not at the backstop half a period later."""
+    import urllib.request
+
+    from aiohttp import web as aioweb
+
+    from exporter import gcpolicy, web
+    from exporter.config import parse_config
+    from exporter.runtime import Exporter
+
+    from conftest import free_port
+
+    seen = {}
+
+    async def main() -> None:
+        exporter = Exporter(parse_config("groups: {maps: {enabled: false}, update: {enabled: false}, "
+                                         "adl: {enabled: false}, submission: {enabled: false}, "
+                                         "crl: {enabled: false}, diagnostics: {enabled: false}}\n"))
+        runner = aioweb.AppRunner(web.make_app(exporter))
+        await runner.setup()
+        port = free_port()
+        await aioweb.TCPSite(runner, "127.0.0.1", port).start()
+        policy = FullCollections(interval=4.0)  # due at 4 s, the backstop at 6 s
+        policy.start()
+        t0 = time.monotonic()
+
+        async def scrape_at(when: float) -> None:
+            await asyncio.sleep(max(0.0, t0 + when - time.monotonic()))
+            await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read())
+
+        try:
+            full = lambda: gc.get_stats()[2]["collections"]  # noqa: E731
+            start = full()
+            await scrape_at(0.0)
+            await asyncio.sleep(web.GC_AFTER_SCRAPE + 0.3)
+            seen["not_due_yet"] = full() - start
+            await scrape_at(4.1)
+            await asyncio.sleep(web.GC_AFTER_SCRAPE + 0.3)  # before the backstop
+            seen["after_due_scrape"] = full() - start
+        finally:
+            policy.stop()
+            await runner.cleanup()
+        seen["inactive"] = gcpolicy._active is None
+
+    asyncio.run(main())
+    assert seen["not_due_yet"] == 0
+    assert seen["after_due_scrape"] == 1
+    assert seen["inactive"]
