@@ -321,12 +321,12 @@ async def _get(stream: Stream, target: str, authority: str, limits: Limits, stat
     no body and too_large is True. Chunked bodies are de-chunked (a proxy may
     re-frame a CRL that way)."""
     await send_get(stream, target, authority, state, extra_headers=extra_headers)
-    head = await read_head(stream.reader, limits, state)
+    head = await read_head(stream.conn, limits, state)
     if head.status in (204, 304) or 100 <= head.status < 200 or head.status != 200:
         # Only a 200 carries a CRL; other bodies are not needed.
         state.clock.stop()
         return head, False
-    reader = stream.reader
+    reader = stream.conn
     chunks: list[bytes] = []
     got = 0
     encoding = (head.header("Transfer-Encoding") or "").lower()

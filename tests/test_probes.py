@@ -54,6 +54,38 @@ def test_processing_phase_measures_server_delay(tmp_path, lab_pki, lab_servers):
     assert probe.success, probe.detail
     assert 0.2 <= probe.phase("processing") < 0.6
     assert probe.phase("tls") < 0.2
+    # Phases follow one another without gaps or overlaps (tests/test_timestamps.py: under a blocked loop too).
+    assert 0 <= probe.duration - sum(seconds for _, seconds in probe.phases) < 0.005
+
+
+def test_no_socket_is_left_to_the_garbage_collector(tmp_path, lab_pki):
+    """Every failure path closes its socket itself: nothing is found unclosed
+    when the garbage collector runs (Python warns with a ResourceWarning)."""
+    import gc
+    import warnings
+
+    from lab.servers import LabServers
+
+    leaf = lab_pki.issue_leaf("wdcp.microsoft.com")
+    with LabServers() as servers, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        cases = {
+            "never": servers.serve(NeverAnswer(), port=443),
+            "reset": servers.serve(ResetMidHandshake(), port=443),
+            "plaintext": servers.serve(Garbage(before_tls=True), port=443),
+            "garbage": servers.serve(Garbage(), port=443, tls=leaf),
+            "ok": servers.serve(Ok(), port=443, tls=leaf),
+        }
+        for server in cases.values():
+            probe_maps(tmp_path, [server.connect_to("wdcp.microsoft.com", 443)], ca_file=lab_pki.ca_bundle_path,
+                       timeout="500ms")
+        fake_proxy = servers.serve(Garbage(), port=0)  # fails after the connect, inside open_stream
+        path = lab_config(tmp_path, {"maps": [MAPS]}, routes={"defender": f"http://{fake_proxy.ip}:{fake_proxy.port}"})
+        assert outcome_for(path, MAPS).probe.reason == Reason.PROXY_ERROR
+        gc.collect()
+    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)
+                and ("socket" in str(w.message) or "transport" in str(w.message))]
+    assert unclosed == []
 
 
 def test_dns_error(tmp_path):
@@ -202,6 +234,18 @@ def test_https_through_proxy_measures_proxy_connect(tmp_path, lab_pki, lab_serve
     assert probe.phase("proxy_connect") > 0
     assert probe.proxy_status == 200
     assert probe.peer.endswith(f":{squid.port}")
+    assert 0 <= probe.duration - sum(seconds for _, seconds in probe.phases) < 0.005
+
+
+def test_proxy_connect_phase_holds_the_whole_connect_answer(tmp_path, lab_servers):
+    """A proxy that trickles its answer to CONNECT: all of it is `proxy_connect`,
+    none of it `transfer` (which is the endpoint's answer)."""
+    slow_proxy = lab_servers.serve(Slowloris(interval=0.003), port=0)
+    path = lab_config(tmp_path, {"maps": [MAPS]}, routes={"defender": f"http://{slow_proxy.ip}:{slow_proxy.port}"})
+    probe = outcome_for(path, MAPS).probe
+    assert probe.proxy_status == 200  # then the TLS handshake meets the rest of a plain answer and fails
+    assert probe.phase("proxy_connect") > 0.15, probe.phases
+    assert probe.phase("transfer") == 0, probe.phases
 
 
 def test_plain_http_through_proxy_uses_absolute_uri(tmp_path, lab_servers, squid_factory):

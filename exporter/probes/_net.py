@@ -1,8 +1,10 @@
 """Network building blocks of the probers: connect, proxy, HTTP/1.1 exchange.
 
-Plain asyncio streams rather than an HTTP client library, so that every phase
-is measured where it happens (resolve, connect, the proxy's CONNECT round
-trip, the TLS handshake, time to first byte, transfer), every probe is a fresh
+A small connection of our own (_conn.Connection) rather than an HTTP client
+library or asyncio streams, so that every phase is measured where it happens
+(resolve, connect, the proxy's CONNECT round trip, the TLS handshake, time to
+first byte, transfer), the first byte of an answer is dated by the kernel and
+not by when a busy event loop got round to reading it, every probe is a fresh
 connection with fresh name resolution, and every read is bounded.
 
 Failures are raised as ProbeFailure carrying the one documented reason.
@@ -17,13 +19,14 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .. import __version__
 from ..config import ConnectTo, Limits, ProxyURL, Route
 from ..metrics import PHASES
 from ..reasons import Reason
+from ._conn import Connection
 from .result import ProbeResult, TLSFacts
 
 USER_AGENT = f"defender-connectivity-exporter/{__version__}"
@@ -49,8 +52,13 @@ class PhaseClock:
         self._since = 0.0
         self.started = time.perf_counter()
 
-    def begin(self, phase: str, step: str | None = None) -> None:
+    def begin(self, phase: str, step: str | None = None, *, at: float | None = None) -> None:
+        """Start `phase` now, or `at` (a perf_counter time) when the moment it
+        began is known better than "now": the kernel's arrival time of a first
+        byte read late. `at` is kept inside the phase that ends, never ahead of now."""
         now = time.perf_counter()
+        if at is not None:
+            now = min(max(at, self._since), now)
         self._close(now)
         self._phase, self._since, self.step = phase, now, step or phase
 
@@ -68,17 +76,16 @@ class PhaseClock:
 
 @dataclass
 class Stream:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    """A probe's connection and where it goes."""
+
+    conn: Connection
     peer: str
     proxy: ProxyURL | None = None
     proxy_status: int = 0
 
     def abort(self) -> None:
         # A probe needs no graceful close; abort() frees the socket at once.
-        transport = self.writer.transport
-        if transport is not None and not transport.is_closing():
-            transport.abort()
+        self.conn.abort()
 
 
 @dataclass(frozen=True)
@@ -119,18 +126,18 @@ def redirect(host: str, port: int, connect_to: tuple[ConnectTo, ...]) -> tuple[s
     return host, port
 
 
-def _ip_literal(host: str, port: int) -> tuple | None:
-    """(address, port) if host is an IPv4 or IPv6 address, else None."""
+def _ip_literal(host: str, port: int) -> tuple[int, tuple] | None:
+    """(family, socket address) if host is an IPv4 or IPv6 address, else None."""
     if host[:1].isdigit():
         try:
             socket.inet_pton(socket.AF_INET, host)
-            return (host, port)
+            return socket.AF_INET, (host, port)
         except OSError:
             pass
     if ":" in host:
         try:
             socket.inet_pton(socket.AF_INET6, host)
-            return (host, port, 0, 0)
+            return socket.AF_INET6, (host, port, 0, 0)
         except OSError:
             pass
     return None
@@ -153,20 +160,20 @@ async def _dial(host: str, port: int, limits: Limits, state: ProbeState, *, what
                 Reason.PROXY_UNREACHABLE if state.dialing_proxy else Reason.DNS_ERROR,
                 f"cannot resolve {what} {host}: {exc.strerror or exc}",
             ) from None
-        addresses = [info[4] for info in infos]
-    state.log(f"resolved {host} -> {', '.join(str(a[0]) for a in addresses)}")
+        addresses = [(info[0], info[4]) for info in infos]
+    state.log(f"resolved {host} -> {', '.join(str(a[0]) for _, a in addresses)}")
     state.clock.begin("connect", f"connecting to {what}")
     last_error: OSError | None = None
-    for address in addresses:
+    for family, address in addresses:
         try:
-            reader, writer = await asyncio.open_connection(address[0], address[1], limit=limits.header_bytes)
+            conn = await Connection.connect(family, address, limit=limits.header_bytes)
         except OSError as exc:
             last_error = exc
             state.log(f"connect to {address[0]}:{address[1]} failed: {exc.strerror or exc}")
             continue
         peer = f"{address[0]}:{address[1]}" if ":" not in address[0] else f"[{address[0]}]:{address[1]}"
         state.log(f"connected to {peer}")
-        return Stream(reader, writer, peer)
+        return Stream(conn, peer)
     assert last_error is not None
     detail = f"cannot connect to {what} {host}:{port}: {last_error.strerror or last_error}"
     if state.dialing_proxy:
@@ -200,7 +207,11 @@ async def open_stream(
     state.dialing_proxy = False
     stream.proxy = proxy
     if tunnel:
-        await _connect_tunnel(stream, host, port, proxy, limits, state)
+        try:
+            await _connect_tunnel(stream, host, port, proxy, limits, state)
+        except BaseException:
+            stream.abort()  # the caller never gets this stream to close
+            raise
     return stream
 
 
@@ -216,12 +227,12 @@ async def _connect_tunnel(
 ) -> None:
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     state.clock.begin("proxy_connect", "waiting for the proxy's answer to CONNECT")
-    stream.writer.write(
+    await stream.conn.send(
         f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: {USER_AGENT}\r\n"
         f"{proxy_authorization(proxy)}\r\n".encode()
     )
     try:
-        answer = await read_head(stream.reader, limits, state, from_proxy=True)
+        answer = await read_head(stream.conn, limits, state, from_proxy=True)
     except ProbeFailure as failure:
         raise ProbeFailure(Reason.PROXY_ERROR, f"proxy's answer to CONNECT: {failure.detail}") from None
     stream.proxy_status = answer.status
@@ -267,13 +278,12 @@ def proxy_generated(answer: HTTPAnswer) -> Reason | None:
 async def start_tls(stream: Stream, host: str, context: ssl.SSLContext, state: ProbeState) -> ssl.SSLObject:
     state.clock.begin("tls", "TLS handshake")
     try:
-        await stream.writer.start_tls(context, server_hostname=host)
+        ssl_object = await stream.conn.start_tls(context, host)
     except ssl.SSLEOFError as exc:
         raise ProbeFailure(Reason.CONNECTION_RESET, f"connection closed during the TLS handshake: {exc}") from None
     except ssl.SSLError as exc:
         raise ProbeFailure(Reason.TLS_HANDSHAKE_ERROR, f"TLS handshake failed: {exc.reason or exc}") from None
-    ssl_object = stream.writer.get_extra_info("ssl_object")
-    state.log(f"TLS {ssl_object.version()} {ssl_object.cipher()[0]} (SNI {host})")
+    state.log(f"TLS {ssl_object.version()} {(ssl_object.cipher() or ('?',))[0]} (SNI {host})")
     return ssl_object
 
 
@@ -283,14 +293,20 @@ _STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})(?: ([^\r\n]*))?\r?\n")
 _HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*\r?\n")
 
 
-async def read_head(reader: asyncio.StreamReader, limits: Limits, state: ProbeState, *, from_proxy: bool = False) -> HTTPAnswer:
-    """Read a status line and headers, bounded by limits.header_bytes."""
-    first = await reader.read(1)
+async def read_head(conn: Connection, limits: Limits, state: ProbeState, *, from_proxy: bool = False) -> HTTPAnswer:
+    """Read a status line and headers, bounded by limits.header_bytes.
+
+    The `processing` phase ends when the first byte arrived as the kernel
+    dated it, however late the loop got round to reading it (Connection.read
+    reads a first byte on its own, or its TLS record, so that the date is its
+    own). A proxy's answer to CONNECT stays in `proxy_connect`."""
+    first = await conn.read(1)
     if not first:
         raise ProbeFailure(Reason.HTTP_ERROR, "connection closed before any response")
-    state.clock.begin("transfer", "reading the response")
+    if not from_proxy:
+        state.clock.begin("transfer", "reading the response", at=conn.arrival())
     try:
-        head = first + await reader.readuntil(b"\r\n\r\n")
+        head = first + await conn.readuntil(b"\r\n\r\n")
     except asyncio.LimitOverrunError:
         raise ProbeFailure(Reason.HTTP_ERROR, f"response headers exceed {limits.header_bytes} bytes") from None
     except asyncio.IncompleteReadError as exc:
@@ -312,7 +328,7 @@ async def read_head(reader: asyncio.StreamReader, limits: Limits, state: ProbeSt
     return HTTPAnswer(int(match.group(1)), (match.group(2) or b"").decode("latin-1"), tuple(headers))
 
 
-async def drain_body(reader: asyncio.StreamReader, answer: HTTPAnswer, cap: int) -> HTTPAnswer:
+async def drain_body(conn: Connection, answer: HTTPAnswer, cap: int) -> HTTPAnswer:
     """Read (and drop) the body up to `cap` bytes: a probe measures the
     transfer, it does not keep what it read. Reading stops at the cap."""
     if answer.status in (204, 304) or 100 <= answer.status < 200:
@@ -322,27 +338,26 @@ async def drain_body(reader: asyncio.StreamReader, answer: HTTPAnswer, cap: int)
     want = cap if length is None else min(length, cap)
     got = 0
     while got < want:
-        chunk = await reader.read(min(65536, want - got))
+        chunk = await conn.read(min(65536, want - got))
         if not chunk:
             break
         got += len(chunk)
     if length is not None:
         truncated = length > cap
     else:  # unknown length: it was cut if more is waiting
-        truncated = got >= cap and cap > 0 and not reader.at_eof()
+        truncated = got >= cap and cap > 0 and not conn.at_eof()
     return HTTPAnswer(answer.status, answer.reason_phrase, answer.headers, b"", got, truncated)
 
 
 async def send_get(stream: Stream, request_target: str, authority: str, state: ProbeState, *,
                    extra_headers: str = "") -> None:
     """Write one GET (absolute-URI targets carry the proxy's credentials) and
-    start the clock of the `processing` phase."""
+    start the clock of the `processing` phase once the kernel has it."""
     auth = proxy_authorization(stream.proxy) if stream.proxy and request_target.startswith("http://") else ""
-    stream.writer.write((
+    await stream.conn.send((
         f"GET {request_target} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: {USER_AGENT}\r\n"
         f"Accept: */*\r\nConnection: close\r\n{auth}{extra_headers}\r\n"
     ).encode("latin-1"))
-    await stream.writer.drain()
     state.log(f"sent GET {request_target} (Host: {authority})")
     state.clock.begin("processing", "waiting for the first byte of the response")
 
@@ -351,9 +366,9 @@ async def exchange(stream: Stream, request_target: str, authority: str, limits: 
                    state: ProbeState) -> HTTPAnswer:
     """Send one GET and read the answer (headers, then a bounded body)."""
     await send_get(stream, request_target, authority, state)
-    answer = await read_head(stream.reader, limits, state)
+    answer = await read_head(stream.conn, limits, state)
     state.log(f"answer {answer.status} {answer.reason_phrase}")
-    answer = await drain_body(stream.reader, answer, limits.body_bytes)
+    answer = await drain_body(stream.conn, answer, limits.body_bytes)
     state.clock.stop()
     return answer
 

@@ -1,0 +1,309 @@
+"""One probe's TCP connection, read with recvmsg so that the kernel dates what arrives.
+
+Under load the event loop reads an answer late: it may be busy with other
+handshakes when the bytes arrive, and they wait in the socket meanwhile. The
+kernel stamps every segment as it arrives (SO_TIMESTAMPNS) and hands the stamp
+over with the data, but only to recvmsg, which asyncio's transports (stdlib and
+uvloop alike) never call. So the connection makes its own reads on a
+non-blocking socket: wait until the socket is readable, then recvmsg. TLS runs
+in memory on top (ssl.SSLObject between two MemoryBIOs).
+
+For TCP the stamp of a read is that of the latest segment it consumed, and
+segments that waited together in the socket were merged under the latest stamp.
+The reads that may carry the first byte of an answer are therefore kept small:
+plain HTTP reads that byte alone; TLS reads record by record until a record
+yields application data (TLS 1.3 session tickets arrive first and are not the
+answer), then in large chunks.
+
+The reading surface is asyncio.StreamReader's (read, readuntil, readline,
+readexactly, at_eof), with the same exceptions, so that HTTP parsing is the
+same over both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import struct
+import sys
+import time
+from collections.abc import Callable
+
+# Linux's SO_TIMESTAMPNS (SCM_TIMESTAMPNS in the answer); the socket module has no name for it.
+_SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("qq")  # struct timespec on 64-bit Linux: seconds, nanoseconds (CLOCK_REALTIME)
+_ANCILLARY_BYTES = 64  # room for the one timestamp message (32 bytes)
+_READ_BYTES = 65536
+_TLS_HEADER_BYTES = 5
+# Largest TLS ciphertext fragment (RFC 5246 6.2.3); a longer length field is the
+# TLS library's to reject, we only need not to wait for it.
+_TLS_MAX_FRAGMENT = 16384 + 2048
+
+
+class Connection:
+    """A connected non-blocking TCP socket, optionally with TLS, read from and
+    written to by one task. abort() closes it at once."""
+
+    def __init__(self, sock: socket.socket, *, limit: int) -> None:
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._loop = asyncio.get_running_loop()
+        self._limit = limit  # readuntil/readline: longest line, like a StreamReader's limit
+        self._buffer = bytearray()  # plaintext read past a separator, served first
+        self._eof = False
+        self._ancillary: list = []  # ancillary data of the latest recvmsg
+        self._stamp: list = []  # ancillary data dating the plaintext the latest read returned
+        self._tls: ssl.SSLObject | None = None
+        self._incoming: ssl.MemoryBIO | None = None
+        self._outgoing: ssl.MemoryBIO | None = None
+        self._record_by_record = False
+
+    @classmethod
+    async def connect(cls, family: int, address: tuple, *, limit: int) -> Connection:
+        """Connect to address (a socket address of `family`); OSError as the kernel said it."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            # As asyncio's transports do: the request leaves in one segment, at once.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _ask_for_timestamps(sock)
+            # Not loop.sock_connect: uvloop's resolves the address again, through
+            # its thread pool, on every call. The address is already numeric.
+            try:
+                sock.connect(address)
+            except (BlockingIOError, InterruptedError):
+                await _ready(loop, sock.fileno(), loop.add_writer, loop.remove_writer)
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if error:
+                    raise OSError(error, os.strerror(error)) from None
+        except BaseException:
+            _close(loop, sock)
+            raise
+        return cls(sock, limit=limit)
+
+    # ------------------------------------------------------------------ writing and closing
+
+    async def send(self, data: bytes) -> None:
+        """Hand data to the kernel (encrypted first under TLS)."""
+        if self._tls is not None:
+            self._tls.write(data)
+            # Carries the handshake's last message too (TLS 1.3's client Finished), kept back for this.
+            data = self._outgoing.read()  # type: ignore[union-attr]
+        await self._loop.sock_sendall(self._sock, data)
+
+    def abort(self) -> None:
+        """Close at once; a probe owes the peer no goodbye. Never raises."""
+        _close(self._loop, self._sock)
+
+    # ------------------------------------------------------------------ TLS
+
+    async def start_tls(self, context: ssl.SSLContext, server_hostname: str) -> ssl.SSLObject:
+        """The TLS handshake; ssl.SSLError (SSLEOFError when the peer closes) if it fails."""
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = context.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
+        if self._buffer:  # bytes that came after a proxy's answer belong to the TLS stream
+            incoming.write(self._buffer)
+            self._buffer.clear()
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pass
+            if outgoing.pending:
+                await self._loop.sock_sendall(self._sock, outgoing.read())
+            data = await self._recv(_READ_BYTES)
+            if not data:
+                raise ssl.SSLEOFError("the peer closed the connection during the TLS handshake")
+            incoming.write(data)
+        # What the handshake still has to send (TLS 1.3: our Finished) leaves with the request.
+        self._tls, self._incoming, self._outgoing = tls, incoming, outgoing
+        self._record_by_record = True
+        return tls
+
+    # ------------------------------------------------------------------ reading
+
+    def arrival(self) -> float | None:
+        """When the bytes the latest read returned reached this host, by the
+        kernel's stamp, on the time.perf_counter clock; None if it gave none."""
+        for level, kind, data in self._stamp:
+            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) == _TIMESPEC.size:
+                seconds, nanoseconds = _TIMESPEC.unpack(data)
+                # The stamp is CLOCK_REALTIME, perf_counter CLOCK_MONOTONIC: shift by their offset now.
+                return seconds + nanoseconds * 1e-9 - (time.time() - time.perf_counter())
+        return None
+
+    def at_eof(self) -> bool:
+        return self._eof and not self._buffer
+
+    async def read(self, n: int) -> bytes:
+        """Up to n bytes, b"" at the end of the stream."""
+        if self._buffer:
+            data = bytes(self._buffer[:n])
+            del self._buffer[:n]
+            return data
+        if self._eof or n <= 0:
+            return b""
+        return await self._receive(n)
+
+    async def readuntil(self, separator: bytes) -> bytes:
+        """Bytes up to and including separator. Like StreamReader.readuntil:
+        asyncio.LimitOverrunError once more than the limit has come without it,
+        asyncio.IncompleteReadError if the stream ends first."""
+        buffer = self._buffer
+        offset = 0
+        while True:
+            found = buffer.find(separator, offset)
+            if found != -1:
+                break
+            offset = max(len(buffer) + 1 - len(separator), 0)
+            if offset > self._limit:
+                raise asyncio.LimitOverrunError("Separator is not found, and chunk exceed the limit", offset)
+            chunk = b"" if self._eof else await self._receive(_READ_BYTES)
+            if not chunk:
+                partial = bytes(buffer)
+                buffer.clear()
+                raise asyncio.IncompleteReadError(partial, None)
+            buffer += chunk
+        if found > self._limit:
+            raise asyncio.LimitOverrunError("Separator is found, but chunk is longer than limit", found)
+        end = found + len(separator)
+        data = bytes(buffer[:end])
+        del buffer[:end]
+        return data
+
+    async def readline(self) -> bytes:
+        """Like StreamReader.readline: the partial line at the end of the
+        stream, ValueError past the limit."""
+        try:
+            return await self.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial
+        except asyncio.LimitOverrunError as exc:
+            raise ValueError(exc.args[0]) from None
+
+    async def readexactly(self, n: int) -> bytes:
+        """Exactly n bytes, or asyncio.IncompleteReadError if the stream ends first."""
+        buffer = self._buffer
+        while len(buffer) < n:
+            chunk = b"" if self._eof else await self._receive(min(_READ_BYTES, n - len(buffer)))
+            if not chunk:
+                partial = bytes(buffer)
+                buffer.clear()
+                raise asyncio.IncompleteReadError(partial, n)
+            buffer += chunk
+        data = bytes(buffer[:n])
+        del buffer[:n]
+        return data
+
+    async def _receive(self, n: int) -> bytes:
+        """Up to n bytes of plaintext from the connection; b"" (and EOF noted) at its end."""
+        if self._tls is None:
+            data = await self._recv(n)
+            self._stamp = self._ancillary
+        else:
+            data = await self._receive_tls(n)
+        if not data:
+            self._eof = True
+        return data
+
+    async def _receive_tls(self, n: int) -> bytes:
+        tls, incoming = self._tls, self._incoming
+        assert tls is not None and incoming is not None
+        while True:
+            try:
+                data = tls.read(n)  # b"" after the peer's close_notify
+            except ssl.SSLWantReadError:
+                pass
+            else:
+                if data:
+                    self._record_by_record = False
+                return data
+            if self._record_by_record:
+                got = await self._recv_record(incoming)
+            else:
+                got = await self._recv(_READ_BYTES)
+                incoming.write(got)
+                self._stamp = self._ancillary
+            if not got:
+                # The peer closed without close_notify: the end of the stream, as asyncio has it.
+                return b""
+
+    async def _recv_record(self, incoming: ssl.MemoryBIO) -> bytes:
+        """Move one TLS record from the socket to `incoming`, dated by its
+        header: the record's first bytes are the answer's first if it is the
+        answer. Returns the header (short or empty at EOF)."""
+        header = await self._recv_exactly(_TLS_HEADER_BYTES)
+        incoming.write(header)
+        if len(header) < _TLS_HEADER_BYTES:
+            return header
+        stamp = self._ancillary
+        incoming.write(await self._recv_exactly(min(int.from_bytes(header[3:5], "big"), _TLS_MAX_FRAGMENT)))
+        self._stamp = stamp
+        return header
+
+    async def _recv_exactly(self, n: int) -> bytes:
+        """n bytes from the socket, fewer only at EOF."""
+        data = await self._recv(n)
+        while data and len(data) < n:
+            more = await self._recv(n - len(data))
+            if not more:
+                break
+            data += more
+        return data
+
+    async def _recv(self, n: int) -> bytes:
+        """Up to n bytes from the socket, b"" at EOF; waits until there are some."""
+        while True:
+            try:
+                data, self._ancillary, _, _ = self._sock.recvmsg(n, _ANCILLARY_BYTES)
+                return data
+            except (BlockingIOError, InterruptedError):
+                await _ready(self._loop, self._fd, self._loop.add_reader, self._loop.remove_reader)
+
+
+async def _ready(loop: asyncio.AbstractEventLoop, fd: int, add: Callable, remove: Callable) -> None:
+    """Wait until fd is readable (add=loop.add_reader, remove=loop.remove_reader)
+    or writable; watched only meanwhile, so a socket at rest costs the loop nothing."""
+    waiter = loop.create_future()
+    add(fd, _wake, waiter)
+    try:
+        await waiter
+    finally:
+        remove(fd)
+
+
+def _wake(waiter: asyncio.Future) -> None:
+    # The loop may report the socket again before the woken task unregisters it.
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _ask_for_timestamps(sock: socket.socket) -> None:
+    """Have the kernel date received data; without it, reads are dated when they happen."""
+    if sys.platform.startswith("linux"):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        except OSError:
+            pass
+
+
+def _close(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    """Unregister the socket from the loop, then close it; never raises.
+
+    Unregistering first matters: once closed, its descriptor number may be
+    handed to the next socket while the loop still watches the old one."""
+    try:
+        fd = sock.fileno()
+        if fd != -1:
+            loop.remove_reader(fd)
+            loop.remove_writer(fd)
+    except Exception:  # noqa: BLE001, S110 - a closed loop or socket: nothing left to unregister
+        pass
+    try:
+        sock.close()
+    except OSError:  # closing is all that is asked; the descriptor is gone either way
+        pass
