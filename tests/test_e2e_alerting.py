@@ -232,7 +232,7 @@ PANELS: dict[tuple[str, str], list[Panel]] = {
     (DETAIL, "Catalogue entry"): [Panel(sc.HEALTHY, _label("pattern", "*.wdcp.microsoft.com"), **HEALTHY_MAPS)],
     (DETAIL, "Probe duration"): [Panel(sc.HEALTHY, _positive, **HEALTHY_MAPS)],
     (DETAIL, "Phases of the last probe"): [Panel(sc.HEALTHY, _label("phase", "proxy_connect"), **HEALTHY_MAPS)],
-    (DETAIL, "Latency p95"): [Panel(sc.HEALTHY, _finite, **HEALTHY_MAPS)],
+    (DETAIL, "Group latency p95"): [Panel(sc.HEALTHY, _finite, **HEALTHY_MAPS)],
     (DETAIL, "Probe results"): [Panel(sc.HEALTHY, _positive, **HEALTHY_MAPS)],
     (DETAIL, "HTTP status code"): [Panel(sc.HEALTHY, _all(200), **HEALTHY_MAPS)],
     (DETAIL, "MAPS validation"): [Panel(sc.WINHTTP, _all(0), **HEALTHY_MAPS)],
