@@ -315,6 +315,48 @@ def test_proxy_unreachable(tmp_path):
     assert probe.reason == Reason.PROXY_UNREACHABLE, probe.detail
 
 
+# ------------------------------------------------------------------ the connection
+
+
+@pytest.mark.parametrize("loop_factory", ["stdlib", "uvloop"])
+def test_connection_reads_what_came_while_nobody_was_reading(loop_factory):
+    """Bytes that arrive while no read waits (the loop then stops watching the
+    socket) are read later, and a later read is woken when more arrive."""
+    import asyncio
+    import socket
+
+    import uvloop
+
+    from exporter.probes._conn import Connection
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    async def main() -> None:
+        conn = await Connection.connect(socket.AF_INET, listener.getsockname(), limit=1024)
+        server_side, _ = listener.accept()
+        try:
+            server_side.sendall(b"hello")
+            await asyncio.sleep(0.05)  # the loop reports the bytes; nobody is reading
+            async with asyncio.timeout(2):
+                assert await conn.read(5) == b"hello"
+                asyncio.get_running_loop().call_later(0.05, server_side.sendall, b"world")
+                assert await conn.read(5) == b"world"
+                asyncio.get_running_loop().call_later(0.05, server_side.close)
+                assert await conn.read(5) == b""
+                assert conn.at_eof()
+        finally:
+            conn.abort()
+            conn.abort()  # twice: never raises
+            server_side.close()
+
+    factory = uvloop.new_event_loop if loop_factory == "uvloop" else asyncio.SelectorEventLoop
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(main())
+    finally:
+        listener.close()
+
+
 def test_every_reason_is_documented_and_tested():
     """Each Reason appears in this file (so a new reason needs a test) and in the README."""
     from pathlib import Path

@@ -29,7 +29,6 @@ import ssl
 import struct
 import sys
 import time
-from collections.abc import Callable
 
 # Linux's SO_TIMESTAMPNS (SCM_TIMESTAMPNS in the answer); the socket module has no name for it.
 _SO_TIMESTAMPNS = 35
@@ -59,6 +58,9 @@ class Connection:
         self._incoming: ssl.MemoryBIO | None = None
         self._outgoing: ssl.MemoryBIO | None = None
         self._record_by_record = False
+        self._waiter: asyncio.Future | None = None  # the read waiting for the socket, if one is
+        self._watching = False  # registered with the loop as a reader
+        self._sent = False  # sent since the latest read: what answers it is not there yet
 
     @classmethod
     async def connect(cls, family: int, address: tuple, *, limit: int) -> Connection:
@@ -70,19 +72,27 @@ class Connection:
             # As asyncio's transports do: the request leaves in one segment, at once.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             _ask_for_timestamps(sock)
+        except BaseException:
+            _close(loop, sock)
+            raise
+        conn = cls(sock, limit=limit)
+        try:
+            # Watched as a reader from the start, so that the wait below shares the
+            # loop's registration of the socket (uvloop: one poll handle for both).
+            conn._watch()
             # Not loop.sock_connect: uvloop's resolves the address again, through
             # its thread pool, on every call. The address is already numeric.
             try:
                 sock.connect(address)
             except (BlockingIOError, InterruptedError):
-                await _ready(loop, sock.fileno(), loop.add_writer, loop.remove_writer)
+                await _writable(loop, conn._fd)
                 error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if error:
                     raise OSError(error, os.strerror(error)) from None
         except BaseException:
-            _close(loop, sock)
+            conn.abort()
             raise
-        return cls(sock, limit=limit)
+        return conn
 
     # ------------------------------------------------------------------ writing and closing
 
@@ -92,7 +102,11 @@ class Connection:
             self._tls.write(data)
             # Carries the handshake's last message too (TLS 1.3's client Finished), kept back for this.
             data = self._outgoing.read()  # type: ignore[union-attr]
+        await self._send(data)
+
+    async def _send(self, data: bytes) -> None:
         await self._loop.sock_sendall(self._sock, data)
+        self._sent = True
 
     def abort(self) -> None:
         """Close at once; a probe owes the peer no goodbye. Never raises."""
@@ -114,7 +128,7 @@ class Connection:
             except ssl.SSLWantReadError:
                 pass
             if outgoing.pending:
-                await self._loop.sock_sendall(self._sock, outgoing.read())
+                await self._send(outgoing.read())
             data = await self._recv(_READ_BYTES)
             if not data:
                 raise ssl.SSLEOFError("the peer closed the connection during the TLS handshake")
@@ -257,23 +271,53 @@ class Connection:
 
     async def _recv(self, n: int) -> bytes:
         """Up to n bytes from the socket, b"" at EOF; waits until there are some."""
+        if self._sent:
+            # Right after sending, the answer cannot be there yet: skip a read bound to fail.
+            self._sent = False
+            await self._readable()
         while True:
             try:
                 data, self._ancillary, _, _ = self._sock.recvmsg(n, _ANCILLARY_BYTES)
                 return data
             except (BlockingIOError, InterruptedError):
-                await _ready(self._loop, self._fd, self._loop.add_reader, self._loop.remove_reader)
+                await self._readable()
+
+    # The socket stays registered with the loop from one wait to the next:
+    # registering costs uvloop a poll handle and several system calls each time.
+    # The price is an occasional wake-up with nothing to read (the stdlib loop
+    # may report an event again after the woken task has read it), which the
+    # retry in _recv absorbs.
+
+    async def _readable(self) -> None:
+        if not self._watching:
+            self._watch()
+        self._waiter = waiter = self._loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _watch(self) -> None:
+        self._loop.add_reader(self._fd, self._on_readable)
+        self._watching = True
+
+    def _on_readable(self) -> None:
+        waiter = self._waiter
+        if waiter is None:
+            # Nobody reads now: stop watching, or the loop would report the same bytes on every turn.
+            self._loop.remove_reader(self._fd)
+            self._watching = False
+        elif not waiter.done():
+            waiter.set_result(None)
 
 
-async def _ready(loop: asyncio.AbstractEventLoop, fd: int, add: Callable, remove: Callable) -> None:
-    """Wait until fd is readable (add=loop.add_reader, remove=loop.remove_reader)
-    or writable; watched only meanwhile, so a socket at rest costs the loop nothing."""
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
     waiter = loop.create_future()
-    add(fd, _wake, waiter)
+    loop.add_writer(fd, _wake, waiter)
     try:
         await waiter
     finally:
-        remove(fd)
+        loop.remove_writer(fd)
 
 
 def _wake(waiter: asyncio.Future) -> None:
