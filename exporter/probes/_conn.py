@@ -13,7 +13,10 @@ segments that waited together in the socket were merged under the latest stamp.
 The reads that may carry the first byte of an answer are therefore kept small:
 plain HTTP reads that byte alone; TLS reads record by record until a record
 yields application data (TLS 1.3 session tickets arrive first and are not the
-answer), then in large chunks.
+answer), then in large chunks. What the kernel cannot tell: once anything
+arrives behind the first byte before it is read (more of the answer, the
+peer's close_notify or FIN), the merge moves the stamp to that later arrival.
+The date is then still no later than the read, but no longer the first byte's.
 
 The reading surface is asyncio.StreamReader's (read, readuntil, readline,
 readexactly, at_eof), with the same exceptions, so that HTTP parsing is the
