@@ -129,13 +129,32 @@ def test_connect_timeout_on_full_backlog(tmp_path):
 
 
 def test_reset_on_accept(tmp_path, lab_servers):
-    # An RST right after the handshake races the kernel's report of the connect:
-    # the socket may already say ECONNREFUSED (as for an RST to the SYN) or the
-    # reset shows on the first read. Either way the probe fails with a reason that
-    # names the refusal or the reset, never something vaguer.
+    # An RST right after the handshake races the check of the connect: the socket
+    # may already report the reset (ECONNRESET) when the connect is checked, or the
+    # reset shows on the first read. Either way it is a reset, not a refusal.
     server = lab_servers.serve(ResetOnAccept(), port=443)
     probe = probe_maps(tmp_path, [server.connect_to("wdcp.microsoft.com", 443)])
-    assert probe.reason in (Reason.CONNECTION_RESET, Reason.CONNECT_REFUSED), probe.detail
+    assert probe.reason == Reason.CONNECTION_RESET, probe.detail
+
+
+@pytest.mark.parametrize("through_proxy", [False, True], ids=["direct", "proxy"])
+def test_reset_reported_by_the_connect_is_a_reset(tmp_path, lab_servers, monkeypatch, through_proxy):
+    """The losing side of that race, made certain: the connect itself reports ECONNRESET."""
+    import errno
+    import os
+
+    from exporter.probes import _conn
+
+    async def reset_at_connect(*args, **kwargs):
+        raise OSError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
+
+    monkeypatch.setattr(_conn.Connection, "connect", reset_at_connect)
+    if through_proxy:
+        path = lab_config(tmp_path, {"maps": [MAPS]}, routes={"defender": "http://127.0.0.1:3128"})
+        probe = outcome_for(path, MAPS).probe
+    else:
+        probe = probe_maps(tmp_path, ["wdcp.microsoft.com:443:127.0.0.1:443"])
+    assert probe.reason == Reason.CONNECTION_RESET, probe.detail
 
 
 def test_connection_reset_mid_handshake(tmp_path, lab_servers):

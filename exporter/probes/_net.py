@@ -176,6 +176,10 @@ async def _dial(host: str, port: int, limits: Limits, state: ProbeState, *, what
         return Stream(conn, peer)
     assert last_error is not None
     detail = f"cannot connect to {what} {host}:{port}: {last_error.strerror or last_error}"
+    if isinstance(last_error, ConnectionResetError):
+        # The peer accepted, then reset before the connect was checked: a reset, as it
+        # would be on the first read a moment later, not a refusal (an RST to the SYN).
+        raise ProbeFailure(Reason.CONNECTION_RESET, detail)
     if state.dialing_proxy:
         raise ProbeFailure(Reason.PROXY_UNREACHABLE, detail)
     if isinstance(last_error, ConnectionRefusedError) or last_error.errno in (
