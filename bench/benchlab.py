@@ -86,6 +86,19 @@ def wait_port(ip: str, port: int, timeout: float = 15.0) -> None:
     raise RuntimeError(f"nothing listens on {ip}:{port} after {timeout} s")
 
 
+def _wait_listening(proc: "Proc", port: int, *, timeout: float) -> None:
+    """Wait until proc listens on 127.0.0.1:port; fail at once if it dies first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proc.check_alive()
+        try:
+            wait_port("127.0.0.1", port, timeout=0.5)
+            return
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+
+
 class Proc:
     """A child process we started; stopped by its own pid only."""
 
@@ -238,15 +251,7 @@ http {{
             argv = [sys.executable, "-m", "exporter", *args]
         env = dict(os.environ, PYTHONPATH=str(ROOT), **variant)
         proc = self.start(Proc(name, argv, log=self.workdir / f"{name}.log", env=env, cwd=ROOT))
-        deadline = time.monotonic() + 60
-        while True:
-            proc.check_alive()
-            try:
-                wait_port("127.0.0.1", port, timeout=0.5)
-                break
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise
+        _wait_listening(proc, port, timeout=60)
         return proc, port
 
     # ------------------------------------------------------------------ blackbox_exporter
@@ -274,13 +279,5 @@ http {{
                   f'--config.file="{conf}" --web.listen-address=127.0.0.1:{port} --log.level=warn')
         proc = self.start(Proc("blackbox", ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script],
                                log=self.workdir / "blackbox.log"))
-        deadline = time.monotonic() + 30
-        while True:
-            proc.check_alive()
-            try:
-                wait_port("127.0.0.1", port, timeout=0.5)
-                break
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise
+        _wait_listening(proc, port, timeout=30)
         return proc, port

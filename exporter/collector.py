@@ -271,7 +271,6 @@ class _GzipStream:
         return _DEFLATE_END + self.crc.to_bytes(4, "little") + (self.size & 0xFFFFFFFF).to_bytes(4, "little")
 
 
-_NOTHING = (b"",) * _FAMILY_COUNT
 # Jobs per piece of a streamed body.
 _CHUNK_JOBS = 1000
 
