@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from lab.servers import (
     Delay,
@@ -18,6 +20,7 @@ from lab.servers import (
 )
 from support import lab_config, outcome_for
 
+from exporter.probes._tls import TrustStore
 from exporter.reasons import Reason
 
 MAPS = "https://wdcp.microsoft.com/"
@@ -55,6 +58,24 @@ def test_processing_phase_measures_server_delay(tmp_path, lab_pki, lab_servers):
     assert 0.2 <= probe.phase("processing") < 0.6
     assert probe.phase("tls") < 0.2
     # Phases follow one another without gaps or overlaps (tests/test_timestamps.py: under a blocked loop too).
+    assert 0 <= probe.duration - sum(seconds for _, seconds in probe.phases) < 0.005
+
+
+def test_a_slow_chain_check_is_part_of_the_tls_phase(tmp_path, lab_pki, lab_servers, monkeypatch):
+    # The check is CPU work of ours; on a loaded machine it takes milliseconds.
+    # It belongs to `tls` (as on Windows), so the phases still add up.
+    check_time = 0.05
+    verify = TrustStore.verify
+
+    def slow_verify(self, *args, **kwargs):
+        time.sleep(check_time)
+        return verify(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrustStore, "verify", slow_verify)
+    server = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_leaf("wdcp.microsoft.com"))
+    probe = probe_maps(tmp_path, [server.connect_to("wdcp.microsoft.com", 443)], ca_file=lab_pki.ca_bundle_path)
+    assert probe.success, probe.detail
+    assert probe.phase("tls") >= check_time
     assert 0 <= probe.duration - sum(seconds for _, seconds in probe.phases) < 0.005
 
 
