@@ -240,16 +240,15 @@ http {{
         path.write_text("\n".join(lines) + "\n")
         return path
 
-    def start_exporter(self, config: Path, *, uvloop: bool = False, cached_metrics: bool = False,
-                       name: str = "exporter") -> tuple[Proc, int]:
+    def start_exporter(self, config: Path, *, event_loop: str = "auto", name: str = "exporter") -> tuple[Proc, int]:
         port = free_port()
-        args = ["--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}", "--log.level", "warn"]
-        variant = {"BENCH_UVLOOP": "1" if uvloop else "0", "BENCH_CACHED_METRICS": "1" if cached_metrics else "0"}
-        if uvloop or cached_metrics or os.environ.get("BENCH_GC_LOG") == "1":
+        args = ["--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}", "--log.level", "warn",
+                "--event-loop", event_loop]
+        if os.environ.get("BENCH_GC_LOG") == "1":
             argv = [sys.executable, str(ROOT / "bench" / "exporter_variant.py"), *args]
         else:
             argv = [sys.executable, "-m", "exporter", *args]
-        env = dict(os.environ, PYTHONPATH=str(ROOT), **variant)
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
         proc = self.start(Proc(name, argv, log=self.workdir / f"{name}.log", env=env, cwd=ROOT))
         _wait_listening(proc, port, timeout=60)
         return proc, port

@@ -1,8 +1,17 @@
-"""A TLS server that answers every GET exactly `--delay` seconds after the request
-arrived (the fidelity run's injected server time). Its own process; uvloop when
-installed, so that its lateness stays small; it measures that lateness itself
-(time of the write minus the time the request's head was complete, minus the
-delay) and writes the distribution as JSON to `--stats` when stopped (SIGTERM).
+"""A TLS server that answers every GET `--delay` seconds after the request arrived
+(the fidelity run's injected server time), in its own process.
+
+"Arrived" is the kernel's receive timestamp of the segment that completed the
+request's head (SO_TIMESTAMPNS, read with recvmsg), not the moment this
+server's loop got round to reading it: with 500 handshakes at once the loop
+reads some requests hundreds of milliseconds late, and a delay counted from
+that read would inject far more than `--delay`. The answer and the close
+(close_notify, then FIN) leave in one send, so nothing trails the answer.
+
+Where the server is late all the same (its loop busy past the due time), the
+hold it really applied is known: for every answer it records the Host it
+answered, the hold (departure minus arrival, both on CLOCK_REALTIME) and how
+late its loop read the request. On SIGTERM it writes them as JSON to `--stats`.
 
     python bench/delay_server.py --ip 127.x.y.1 --port 8443 --cert CHAIN --key KEY --stats out.json
 """
@@ -13,10 +22,15 @@ import argparse
 import asyncio
 import json
 import signal
+import socket
 import ssl
+import struct
 import time
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nOK\n"
+_SO_TIMESTAMPNS = 35  # Linux; the socket module has no name for it
+_TIMESPEC = struct.Struct("qq")
+_SPIN = 0.0005  # the last half millisecond is waited for by spinning, not by the loop's timer
 
 
 def main() -> None:
@@ -38,39 +52,130 @@ def main() -> None:
     asyncio.run(serve(args))
 
 
-async def serve(args: argparse.Namespace) -> None:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(args.cert, args.key)
-    ctx.options |= ssl.OP_NO_TICKET
-    late: list[float] = []
+class Answered:
+    def __init__(self) -> None:
+        self.host: list[str] = []
+        self.hold: list[float] = []  # seconds from the request's arrival to the answer's departure
+        self.read_late: list[float] = []  # seconds from the request's arrival to our loop reading it
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+
+async def _readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    ready = loop.create_future()
+
+    def on_readable() -> None:
+        loop.remove_reader(fd)
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, on_readable)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+async def _receive(loop: asyncio.AbstractEventLoop, sock: socket.socket, incoming: ssl.MemoryBIO) -> float | None:
+    """Feed what the socket holds to TLS; the kernel's arrival time of it (CLOCK_REALTIME)."""
+    while True:
         try:
-            await reader.readuntil(b"\r\n\r\n")
-            arrived = time.perf_counter()
-            await asyncio.sleep(args.delay - 0.0005)
-            while time.perf_counter() - arrived < args.delay:  # the last half millisecond exactly
-                pass
-            writer.write(RESPONSE)
-            late.append(time.perf_counter() - arrived - args.delay)
-            await writer.drain()
-        except (OSError, asyncio.IncompleteReadError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
+            data, ancillary, _, _ = sock.recvmsg(65536, 64)
+            break
+        except BlockingIOError:
+            await _readable(loop, sock.fileno())
+    if not data:
+        raise ConnectionError("closed by the client")
+    incoming.write(data)
+    for level, kind, value in ancillary:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+            return seconds + nanoseconds / 1e9
+    return None
 
-    server = await asyncio.start_server(handle, args.ip, args.port, ssl=ctx, backlog=4096, ssl_handshake_timeout=30)
-    stop = asyncio.Event()
+
+async def handle(sock: socket.socket, context: ssl.SSLContext, delay: float, answered: Answered) -> None:
     loop = asyncio.get_running_loop()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_side=True)
+    arrival = None  # of the latest bytes received: the request may come with the handshake's last flight
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if outgoing.pending:
+                    await loop.sock_sendall(sock, outgoing.read())
+                arrival = await _receive(loop, sock, incoming)
+        if outgoing.pending:
+            await loop.sock_sendall(sock, outgoing.read())
+        request = b""
+        while b"\r\n\r\n" not in request:
+            try:
+                request += tls.read(65536)
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            arrival = await _receive(loop, sock, incoming)
+        read_at = time.time()
+        if arrival is None:  # no stamp: count from the read (and it shows in read_late as 0)
+            arrival = read_at
+        due = arrival + delay
+        if due - time.time() > _SPIN:
+            await asyncio.sleep(due - time.time() - _SPIN)
+        while time.time() < due:
+            pass
+        tls.write(RESPONSE)
+        try:
+            tls.unwrap()  # close_notify into `outgoing`
+        except ssl.SSLWantReadError:
+            pass
+        sock.send(outgoing.read())  # answer and close_notify in one segment: nothing trails it
+        departed = time.time()
+        host = next((line[5:].strip().decode("latin-1") for line in request.split(b"\r\n")
+                     if line[:5].lower() == b"host:"), "")
+        answered.host.append(host.split(":")[0])
+        answered.hold.append(departed - arrival)
+        answered.read_late.append(read_at - arrival)
+    except (OSError, ssl.SSLError, ConnectionError):
+        pass
+    finally:
+        sock.close()
+
+
+async def serve(args: argparse.Namespace) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(args.cert, args.key)
+    context.options |= ssl.OP_NO_TICKET
+    answered = Answered()
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server((args.ip, args.port), backlog=4096)
+    listener.setblocking(False)
+    tasks: set[asyncio.Task] = set()
+
+    async def accept() -> None:
+        while True:
+            sock, _ = await loop.sock_accept(listener)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            task = asyncio.create_task(handle(sock, context, args.delay, answered))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    async with server:
-        await stop.wait()
-    late.sort()
+    acceptor = asyncio.create_task(accept())
+    await stop.wait()
+    acceptor.cancel()
+    listener.close()
+    late = sorted(h - args.delay for h in answered.hold)
     n = len(late)
     q = (lambda p: late[min(n - 1, int(p * n))] * 1000) if n else (lambda p: 0.0)
     with open(args.stats, "w") as fh:
-        json.dump({"answers": n, "late_ms_p50": q(0.5), "late_ms_p99": q(0.99), "late_ms_max": q(1.0)}, fh)
+        json.dump({"answers": n, "late_ms_p50": q(0.5), "late_ms_p99": q(0.99), "late_ms_max": q(1.0),
+                   "read_late_ms_max": max(answered.read_late, default=0.0) * 1000,
+                   "host": answered.host, "hold": answered.hold}, fh)
 
 
 if __name__ == "__main__":

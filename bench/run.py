@@ -6,7 +6,7 @@ One command each (root, nginx-light and prometheus-blackbox-exporter installed):
     python bench/run.py scale      [--targets 10000 --interval 60 --intervals 3]
     python bench/run.py fidelity   [--in-flight 500 --rounds 3]
     python bench/run.py all        (the three, with defaults)
-    add --uvloop to run our exporter on uvloop; --quick for a short smoke run;
+    add --event-loop asyncio to run our exporter on asyncio's loop; --quick for a short smoke run;
     --json FILE to keep the numbers.
 
 What each measures is in docs/performance.md. Every probe, ours and blackbox's,
@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -38,8 +39,9 @@ from benchlab import ROOT, Lab, Proc, host_name, wait_port  # noqa: E402
 
 _TOTAL = re.compile(r'^defender_probes_total\{[^}]*target="([^"]*)"[^}]*\} (\S+)$', re.M)
 _LAG = re.compile(r'^defender_exporter_scheduler_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M)
-_PHASE = re.compile(r'^defender_probe_phase_duration_seconds\{([^}]*)phase="processing"[^}]*\} (\S+)$', re.M)
+_PHASE = re.compile(r'^defender_probe_phase_duration_seconds\{([^}]*)\} (\S+)$', re.M)
 _BB_PROCESSING = re.compile(r'^probe_http_duration_seconds\{phase="processing"\} (\S+)$', re.M)
+_TARGET = re.compile(r'target="([^"]*)"')
 _BB_SUCCESS = re.compile(r"^probe_success (\S+)$", re.M)
 
 
@@ -195,7 +197,7 @@ async def sidebyside(args: argparse.Namespace) -> dict:
         floor = run_floor(lab, count=args.floor_count)
         floor_uv = run_floor(lab, count=args.floor_count, uvloop=True) if args.with_uvloop_floor else None
         config = lab.write_exporter_config(urls, interval=interval, timeout=min(10, interval))
-        ours, port = lab.start_exporter(config, uvloop=args.uvloop, cached_metrics=args.cached_metrics)
+        ours, port = lab.start_exporter(config, event_loop=args.event_loop)
         bb, bb_port = lab.start_blackbox(names)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                          timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -223,7 +225,7 @@ async def sidebyside(args: argparse.Namespace) -> dict:
         bb_ms = 1000 * (bb1 - bb0) / max(bb_probes, 1)
         result = {
             "targets": n, "interval_s": interval, "intervals": intervals,
-            "uvloop": args.uvloop, "cached_metrics": args.cached_metrics,
+            "event_loop": args.event_loop,
             "ours": {"cpu_s": ours1 - ours0, "probes": ours_probes, "cpu_ms_per_probe": ours_ms,
                      "peak_rss_mb": ours.rss_peak()},
             "blackbox": {"cpu_s": bb1 - bb0, "probes": bb_probes, "cpu_ms_per_probe": bb_ms,
@@ -242,7 +244,7 @@ async def sidebyside(args: argparse.Namespace) -> dict:
 def print_sidebyside(r: dict) -> None:
     o, b, f = r["ours"], r["blackbox"], r["floor"]
     print(f"\nside by side: {r['targets']} HTTPS targets every {r['interval_s']} s, {r['intervals']} intervals measured"
-          f"{' (ours on uvloop)' if r['uvloop'] else ''}{' (cached /metrics)' if r.get('cached_metrics') else ''}")
+          f"{_loop_note(r)}")
     print(f"{'':28}{'CPU ms/probe':>14}{'probes':>9}{'CPU s':>8}{'peak RSS MB':>13}")
     print(f"{'ours (defender exporter)':28}{o['cpu_ms_per_probe']:14.3f}{o['probes']:9.0f}{o['cpu_s']:8.2f}"
           f"{o['peak_rss_mb']:13.1f}")
@@ -268,7 +270,7 @@ async def scale(args: argparse.Namespace) -> dict:
         lab.start_nginx(workers=1)
         urls = [f"https://{host_name(i)}/" for i in range(n)]
         config = lab.write_exporter_config(urls, interval=interval, timeout=min(10, interval))
-        ours, port = lab.start_exporter(config, uvloop=args.uvloop, cached_metrics=args.cached_metrics)
+        ours, port = lab.start_exporter(config, event_loop=args.event_loop)
         cpu_start = ours.cpu()
         plain_times, gzip_times, curl_plain, curl_gzip = [], [], [], []
         scrape_log = []  # (unix time, aiohttp plain, aiohttp gzip, curl plain, curl gzip) in ms
@@ -312,8 +314,8 @@ async def scale(args: argparse.Namespace) -> dict:
         deltas = [per_target1.get(t, 0) - per_target0.get(t, 0) for t in per_target1]
         lag = [(le, c1_ - c0_) for (le, c1_), (_, c0_) in zip(lag1, lag0)]
         result = {
-            "targets": n, "interval_s": interval, "intervals": intervals, "uvloop": args.uvloop,
-            "cached_metrics": args.cached_metrics, "first_round_s": first_round,
+            "targets": n, "interval_s": interval, "intervals": intervals, "event_loop": args.event_loop,
+            "first_round_s": first_round,
             "probes_per_interval": per_interval,
             "targets_probed_every_interval": sum(1 for d in deltas if d >= intervals),
             "per_target_probes_min": min(deltas) if deltas else 0,
@@ -347,7 +349,7 @@ async def scale(args: argparse.Namespace) -> dict:
 
 def print_scale(r: dict) -> None:
     print(f"\nscale: {r['targets']} HTTPS targets every {r['interval_s']} s, {r['intervals']} intervals"
-          f"{' (uvloop)' if r['uvloop'] else ''}{' (cached /metrics)' if r.get('cached_metrics') else ''}; first round took {r['first_round_s']:.1f} s")
+          f"{_loop_note(r)}; first round took {r['first_round_s']:.1f} s")
     print(f"probes per interval: {', '.join(str(int(p)) for p in r['probes_per_interval'])}; "
           f"targets probed every interval: {r['targets_probed_every_interval']}/{r['targets']} "
           f"(per target {r['per_target_probes_min']:.0f}..{r['per_target_probes_max']:.0f})")
@@ -367,8 +369,8 @@ def print_scale(r: dict) -> None:
 # ----------------------------------------------------------------------------- fidelity
 
 
-def _stats_ms(values: list[float], delay: float) -> dict:
-    diffs = [1000 * (v - delay) for v in values]
+def _stats_ms(diffs: list[float]) -> dict:
+    diffs = [1000 * d for d in diffs]
     return {"n": len(diffs), "p50_ms": quantile(diffs, 0.5), "p99_ms": quantile(diffs, 0.99),
             "abs_p99_ms": quantile([abs(d) for d in diffs], 0.99), "max_ms": max(diffs) if diffs else float("nan")}
 
@@ -389,6 +391,28 @@ def _stop_delay_server(lab: Lab, proc: Proc, stats: Path) -> dict:
     return json.loads(stats.read_text()) if stats.exists() else {}
 
 
+def _held(server: dict) -> dict[str, list[float]]:
+    """Host -> the holds the server applied to it, in the order it answered."""
+    holds: dict[str, list[float]] = {}
+    for host, hold in zip(server.get("host", ()), server.get("hold", ())):
+        holds.setdefault(host, []).append(hold)
+    return holds
+
+
+def _errors(measured: list[tuple[str, int, float]], server: dict, delay: float) -> tuple[list[float], list[float]]:
+    """For (host, round, processing) measurements: measured minus the nominal
+    delay, and measured minus the hold the server really applied to that request
+    (a request it answered late was held longer than `delay`)."""
+    holds = _held(server)
+    nominal, actual = [], []
+    for host, round_index, value in measured:
+        nominal.append(value - delay)
+        applied = holds.get(host, [])
+        if round_index < len(applied):
+            actual.append(value - applied[round_index])
+    return nominal, actual
+
+
 async def fidelity(args: argparse.Namespace) -> dict:
     n, rounds, delay = args.in_flight, args.rounds, args.delay
     lab = Lab.create(keep=args.keep)
@@ -396,39 +420,45 @@ async def fidelity(args: argparse.Namespace) -> dict:
     try:
         names = [f"f{i:05d}.bench.lab" for i in range(n)]
         urls = [f"https://{name}:{port}/" for name in names]
-        ours_values: list[float] = []
-        bb_values: list[float] = []
+        ours: list[tuple[str, int, float]] = []  # (host, round, processing seconds)
+        bb: list[tuple[str, int, float]] = []
         # Ours: the first round of a fresh exporter starts every job at once.
         server, stats_path = _start_delay_server(lab, port, "ours", delay)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
             for r in range(rounds):
                 config = lab.write_exporter_config(urls, interval=600, timeout=30, concurrency=n, name=f"fid{r}")
-                ours, mport = lab.start_exporter(config, uvloop=args.uvloop, cached_metrics=args.cached_metrics,
-                                                  name=f"exporter-fid{r}")
+                exporter, mport = lab.start_exporter(config, event_loop=args.event_loop, name=f"exporter-fid{r}")
                 await wait_ready(session, mport, timeout=120)
                 text, _, _ = await scrape(session, mport)
-                ours_values += [float(v) for _, v in _PHASE.findall(text)]
-                ours.stop()
-                lab.processes.remove(ours)
+                for labels, value in _PHASE.findall(text):
+                    target = _TARGET.search(labels)
+                    if target and 'phase="processing"' in labels:
+                        ours.append((urlsplit(target.group(1)).hostname or "", r, float(value)))
+                exporter.stop()
+                lab.processes.remove(exporter)
         ours_server = _stop_delay_server(lab, server, stats_path)
         # blackbox: n /probe requests at once, as n Prometheus scrapes would.
         server, stats_path = _start_delay_server(lab, port, "blackbox", delay)
-        bb, bb_port = lab.start_blackbox(names, timeout=30)
+        blackbox, bb_port = lab.start_blackbox(names, timeout=30)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                          timeout=aiohttp.ClientTimeout(total=120)) as session:
             driver = BlackboxDriver(session, bb_port, urls, 1.0)
-            for _ in range(rounds):
+            for r in range(rounds):
                 texts = await asyncio.gather(*(driver.probe(u) for u in urls))
-                for text in texts:
+                for name, text in zip(names, texts):
                     match = text and _BB_PROCESSING.search(text)
                     if match:
-                        bb_values.append(float(match.group(1)))
+                        bb.append((name, r, float(match.group(1))))
                 await asyncio.sleep(1)
         bb_server = _stop_delay_server(lab, server, stats_path)
+        ours_nominal, ours_actual = _errors(ours, ours_server, delay)
+        bb_nominal, bb_actual = _errors(bb, bb_server, delay)
         result = {
-            "in_flight": n, "rounds": rounds, "delay_ms": delay * 1000, "uvloop": args.uvloop,
-            "ours": _stats_ms(ours_values, delay), "blackbox": _stats_ms(bb_values, delay),
-            "server_lateness_ours_run": ours_server, "server_lateness_blackbox_run": bb_server,
+            "in_flight": n, "rounds": rounds, "delay_ms": delay * 1000, "event_loop": args.event_loop,
+            "ours": _stats_ms(ours_actual), "blackbox": _stats_ms(bb_actual),
+            "ours_vs_nominal": _stats_ms(ours_nominal), "blackbox_vs_nominal": _stats_ms(bb_nominal),
+            "server_lateness_ours_run": _server_summary(ours_server),
+            "server_lateness_blackbox_run": _server_summary(bb_server),
         }
         print_fidelity(result)
         return result
@@ -436,18 +466,30 @@ async def fidelity(args: argparse.Namespace) -> dict:
         lab.close()
 
 
+def _server_summary(server: dict) -> dict:
+    return {k: v for k, v in server.items() if k not in ("host", "hold")}
+
+
+def _loop_note(r: dict) -> str:
+    loop = r.get("event_loop", "auto")
+    return "" if loop == "auto" else f" (ours on {loop})"
+
+
 def print_fidelity(r: dict) -> None:
     print(f"\nfidelity: {r['in_flight']} probes in flight, server waits {r['delay_ms']:.0f} ms, {r['rounds']} rounds"
-          f"{' (ours on uvloop)' if r['uvloop'] else ''}")
-    print(f"{'measured processing - injected':32}{'n':>6}{'p50 ms':>9}{'p99 ms':>9}{'|.| p99':>9}{'max ms':>9}")
+          f"{_loop_note(r)}")
+    print(f"{'measured processing - injected':40}{'n':>6}{'p50 ms':>9}{'p99 ms':>9}{'|.| p99':>9}{'max ms':>9}")
     for who in ("ours", "blackbox"):
-        s = r[who]
-        print(f"{who:32}{s['n']:6d}{s['p50_ms']:9.2f}{s['p99_ms']:9.2f}{s['abs_p99_ms']:9.2f}{s['max_ms']:9.2f}")
+        for key, what in ((who, "hold the server applied"), (f"{who}_vs_nominal", f"{r['delay_ms']:.0f} ms")):
+            s = r[key]
+            print(f"{who + ' - ' + what:40}{s['n']:6d}{s['p50_ms']:9.2f}{s['p99_ms']:9.2f}"
+                  f"{s['abs_p99_ms']:9.2f}{s['max_ms']:9.2f}")
     for who in ("ours", "blackbox"):
         s = r[f"server_lateness_{who}_run"]
         if s:
-            print(f"server's own lateness during {who}'s run: p50 {s['late_ms_p50']:.2f} ms, "
-                  f"p99 {s['late_ms_p99']:.2f} ms, max {s['late_ms_max']:.2f} ms ({s['answers']} answers)")
+            print(f"server's hold beyond {r['delay_ms']:.0f} ms during {who}'s run: p50 {s['late_ms_p50']:.2f} ms, "
+                  f"p99 {s['late_ms_p99']:.2f} ms, max {s['late_ms_max']:.2f} ms ({s['answers']} answers; "
+                  f"its loop read a request at most {s['read_late_ms_max']:.0f} ms after it arrived)")
 
 
 # ----------------------------------------------------------------------------- profile
@@ -460,12 +502,12 @@ async def profile(args: argparse.Namespace) -> dict:
     lab = Lab.create(keep=args.keep)
     out_dir = ROOT / "bench" / "profiles"
     out_dir.mkdir(exist_ok=True)
-    tag = time.strftime("%Y%m%d-%H%M%S") + ("-uvloop" if args.uvloop else "")
+    tag = time.strftime("%Y%m%d-%H%M%S") + ("" if args.event_loop == "auto" else f"-{args.event_loop}")
     try:
         lab.start_nginx(workers=1)
         urls = [f"https://{host_name(i)}/" for i in range(n)]
         config = lab.write_exporter_config(urls, interval=interval, timeout=min(10, interval))
-        ours, port = lab.start_exporter(config, uvloop=args.uvloop, cached_metrics=args.cached_metrics)
+        ours, port = lab.start_exporter(config, event_loop=args.event_loop)
         async with aiohttp.ClientSession() as session:
             await wait_ready(session, port, timeout=120)
             await asyncio.sleep(interval)
@@ -528,9 +570,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--delay", type=float, default=0.050)
     parser.add_argument("--duration", type=float, default=30.0, help="profile: seconds of sampling")
-    parser.add_argument("--uvloop", action="store_true", help="run our exporter on uvloop")
-    parser.add_argument("--cached-metrics", action="store_true",
-                        help="serve /metrics with collector.render_exposition() (the change proposed for web.py)")
+    parser.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                        help="our exporter's --event-loop (auto, as shipped: uvloop when installed)")
     parser.add_argument("--quick", action="store_true", help="small and short: a smoke run of the harness")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (configs, logs)")
     parser.add_argument("--json", help="append the results as one JSON line to this file")
