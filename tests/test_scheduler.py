@@ -76,17 +76,37 @@ def test_first_round_at_once_then_spread_over_the_interval(tmp_path, lab_servers
     # window (a tenth of the interval: 0.2 s) may start in one wake-up, so at
     # most two together; over the interval they stay spread.
     assert scheduler.BATCH_FRACTION * 2.0 <= 0.2
+    assert max(_bunches(second, 0.05)) <= 2, second
+    assert second[-1] - second[0] > 1.4, second
+    assert store.lag.count >= 10
+    assert all(key in store.latest for key in store.jobs)
+
+
+def _bunches(times: list[float], gap: float) -> list[int]:
+    """Sizes of the groups of start times that lie closer than `gap` to each other."""
     bunches, previous = [], None
-    for t in second:
-        if previous is not None and t - previous < 0.05:
+    for t in times:
+        if previous is not None and t - previous < gap:
             bunches[-1] += 1
         else:
             bunches.append(1)
         previous = t
-    assert max(bunches) <= 2, second
-    assert second[-1] - second[0] > 1.4, second
-    assert store.lag.count >= 10
-    assert all(key in store.latest for key in store.jobs)
+    return bunches
+
+
+def test_a_wake_up_starts_at_most_a_batch(tmp_path, lab_servers, monkeypatch):
+    # 40 jobs in 2 s: slots 50 ms apart, four or five to a 0.2 s window.
+    monkeypatch.setattr(scheduler, "BATCH_SIZE", 3)
+    urls, connect_to, _ = _plain_targets(lab_servers, 40, Ok())
+    config = load_config(lab_config(tmp_path, {"intranet": urls}, connect_to=connect_to,
+                                    interval="2s", timeout="1s"))
+    store, recorder, started = _run_scheduler(config, 3.5)
+    first = [t - started for t, _ in recorder.starts[:40]]
+    assert max(first) < 0.5, "the first round still starts at once, a batch per turn of the loop"
+    later = sorted(t for t, _ in recorder.starts[40:])
+    assert len(later) >= 30
+    bunches = _bunches(later, 0.03)
+    assert max(bunches) == 3, bunches  # the window still gathers slots, up to the batch size
 
 
 def test_concurrency_is_bounded(tmp_path, lab_servers):
