@@ -38,6 +38,7 @@ from benchlab import ROOT, Lab, Proc, host_name, wait_port  # noqa: E402
 # ----------------------------------------------------------------------------- exposition helpers
 
 _TOTAL = re.compile(r'^defender_probes_total\{[^}]*target="([^"]*)"[^}]*\} (\S+)$', re.M)
+_LAST_RUN = re.compile(r'^defender_probe_last_run_timestamp_seconds\{[^}]*target="([^"]*)"[^}]*\} (\S+)$', re.M)
 _LAG = re.compile(r'^defender_exporter_scheduler_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M)
 _PHASE = re.compile(r'^defender_probe_phase_duration_seconds\{([^}]*)\} (\S+)$', re.M)
 _BB_PROCESSING = re.compile(r'^probe_http_duration_seconds\{phase="processing"\} (\S+)$', re.M)
@@ -50,6 +51,36 @@ def totals_by_target(text: str) -> dict[str, float]:
     for target, value in _TOTAL.findall(text):
         out[target] = out.get(target, 0.0) + float(value)
     return out
+
+
+class ProbeGaps:
+    """Each target's probe times, from `defender_probe_last_run_timestamp_seconds`
+    sampled more often than the interval: the longest gap between two probes of
+    a target says whether it was probed every interval, whatever the window's
+    edges cut (a count per window miscounts a target whose probe ends a few ms
+    either side of the window's first and last scrape)."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+        self.gaps: dict[str, float] = {}  # target -> longest gap seen so far
+        self.probes: dict[str, int] = {}  # target -> probes seen finishing (after the first sample)
+
+    def sample(self, text: str) -> None:
+        for target, value in _LAST_RUN.findall(text):
+            stamp = float(value)
+            previous = self.last.get(target)
+            self.last[target] = stamp
+            if previous is None:
+                self.probes[target] = 0
+            elif stamp != previous:
+                self.gaps[target] = max(self.gaps.get(target, 0.0), stamp - previous)
+                self.probes[target] += 1
+
+    def longest(self) -> float:
+        return max(self.gaps.values(), default=float("nan"))
+
+    def over(self, seconds: float) -> int:
+        return sum(1 for gap in self.gaps.values() if gap > seconds)
 
 
 def lag_buckets(text: str) -> list[tuple[float, float]]:
@@ -284,6 +315,8 @@ async def scale(args: argparse.Namespace) -> dict:
             t0, c0 = time.monotonic(), ours.cpu()
             per_target0 = totals_by_target(text)
             lag0 = lag_buckets(text)
+            gaps = ProbeGaps()
+            gaps.sample(text)
             per_interval = []
             previous = sum(per_target0.values())
             scrapes_per_interval = max(1, int(interval // args.scrape_every))
@@ -294,6 +327,7 @@ async def scale(args: argparse.Namespace) -> dict:
                     text, seconds, size = await scrape(session, port)
                     plain_times.append(seconds)
                     sizes["plain"] = size
+                    gaps.sample(text)
                     _, seconds, size = await scrape(session, port, gz=True, decode=False)
                     gzip_times.append(seconds)
                     sizes["gzip"] = size
@@ -320,6 +354,9 @@ async def scale(args: argparse.Namespace) -> dict:
             "targets_probed_every_interval": sum(1 for d in deltas if d >= intervals),
             "per_target_probes_min": min(deltas) if deltas else 0,
             "per_target_probes_max": max(deltas) if deltas else 0,
+            "longest_gap_s": gaps.longest(),
+            "targets_with_a_gap_over_1_5_intervals": gaps.over(1.5 * interval),
+            "targets_seen_probed": len(gaps.gaps),
             "lag_p50_ms": 1000 * histogram_quantile(0.5, lag),
             "lag_p99_ms": 1000 * histogram_quantile(0.99, lag),
             "lag_observations": lag[-1][1] if lag else 0,
@@ -353,6 +390,10 @@ def print_scale(r: dict) -> None:
     print(f"probes per interval: {', '.join(str(int(p)) for p in r['probes_per_interval'])}; "
           f"targets probed every interval: {r['targets_probed_every_interval']}/{r['targets']} "
           f"(per target {r['per_target_probes_min']:.0f}..{r['per_target_probes_max']:.0f})")
+    if "longest_gap_s" in r:
+        print(f"longest gap between two probes of a target: {r['longest_gap_s']:.2f} s; targets with a gap "
+              f"over 1.5 intervals: {r['targets_with_a_gap_over_1_5_intervals']} "
+              f"(of {r['targets_seen_probed']} seen probed again)")
     print(f"scheduler lag p50 {r['lag_p50_ms']:.1f} ms, p99 {r['lag_p99_ms']:.1f} ms "
           f"({r['lag_over_250ms']:.0f} of {r['lag_observations']:.0f} starts later than 250 ms)")
     print(f"peak RSS {r['peak_rss_mb']:.1f} MB; CPU {r['cpu_ms_per_probe']:.3f} ms/probe in steady state")

@@ -37,9 +37,10 @@ BATCH_FRACTION = 0.1
 # for its own slots. A wake-up's handshakes become ready together, and the loop
 # runs every ready callback before it gets back to a /metrics response that is
 # streaming. At 10,000 targets a minute (167 probes a 1 s window) the loop's
-# worst stall each second was 52 ms at the median and 74 ms at p90; with 32,
-# 35 and 60 ms (docs/performance.md). Below 32 probes a window nothing changes.
-BATCH_SIZE = 32
+# worst stall each second was 52 ms at the median without a cap, 35 ms with 32
+# and 16 ms with 16, at the same CPU per probe (docs/performance.md). Windows
+# of fewer probes than this are unchanged.
+BATCH_SIZE = 16
 # After its first probe, a job's next slot is at least this part of its interval away.
 FIRST_GAP = 0.5
 # Over the probe's own timeout, how long before the scheduler gives up on it.
