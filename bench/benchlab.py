@@ -244,7 +244,7 @@ http {{
         port = free_port()
         args = ["--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}", "--log.level", "warn",
                 "--event-loop", event_loop]
-        if any(os.environ.get(v) for v in ("BENCH_GC_LOG", "BENCH_LOOP_LOG", "BENCH_BATCH_SIZE")):
+        if "1" in (os.environ.get("BENCH_GC_LOG"), os.environ.get("BENCH_LOOP_LOG")) or os.environ.get("BENCH_BATCH_SIZE"):
             argv = [sys.executable, str(ROOT / "bench" / "exporter_variant.py"), *args]
         else:
             argv = [sys.executable, "-m", "exporter", *args]

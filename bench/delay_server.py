@@ -5,13 +5,15 @@
 request's head (SO_TIMESTAMPNS, read with recvmsg), not the moment this
 server's loop got round to reading it: with 500 handshakes at once the loop
 reads some requests hundreds of milliseconds late, and a delay counted from
-that read would inject far more than `--delay`. The answer and the close
-(close_notify, then FIN) leave in one send, so nothing trails the answer.
+that read would inject far more than `--delay`. The answer and close_notify
+leave in one send and the FIN right after it, so nothing trails the answer
+long enough to move the client's receive timestamp.
 
 Where the server is late all the same (its loop busy past the due time), the
-hold it really applied is known: for every answer it records the Host it
-answered, the hold (departure minus arrival, both on CLOCK_REALTIME) and how
-late its loop read the request. On SIGTERM it writes them as JSON to `--stats`.
+hold it really applied is known: for every answer it records the Host and path
+it answered and the hold (departure minus arrival, both on CLOCK_REALTIME). On
+SIGTERM it writes them as JSON to `--stats`, with the distribution of its
+lateness and how late its loop read a request at worst.
 
     python bench/delay_server.py --ip 127.x.y.1 --port 8443 --cert CHAIN --key KEY --stats out.json
 """
@@ -25,6 +27,7 @@ import signal
 import socket
 import ssl
 import struct
+import sys
 import time
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nOK\n"
@@ -55,6 +58,7 @@ def main() -> None:
 class Answered:
     def __init__(self) -> None:
         self.host: list[str] = []
+        self.path: list[str] = []
         self.hold: list[float] = []  # seconds from the request's arrival to the answer's departure
         self.read_late: list[float] = []  # seconds from the request's arrival to our loop reading it
 
@@ -129,15 +133,16 @@ async def handle(sock: socket.socket, context: ssl.SSLContext, delay: float, ans
             tls.unwrap()  # close_notify into `outgoing`
         except ssl.SSLWantReadError:
             pass
-        sock.send(outgoing.read())  # answer and close_notify in one segment: nothing trails it
+        await loop.sock_sendall(sock, outgoing.read())  # answer and close_notify in one segment
         departed = time.time()
-        host = next((line[5:].strip().decode("latin-1") for line in request.split(b"\r\n")
-                     if line[:5].lower() == b"host:"), "")
+        lines = request.split(b"\r\n")
+        host = next((line[5:].strip().decode("latin-1") for line in lines if line[:5].lower() == b"host:"), "")
         answered.host.append(host.split(":")[0])
+        answered.path.append(lines[0].split(b" ")[1].decode("latin-1") if lines[0].count(b" ") >= 2 else "")
         answered.hold.append(departed - arrival)
         answered.read_late.append(read_at - arrival)
-    except (OSError, ssl.SSLError, ConnectionError):
-        pass
+    except (OSError, ssl.SSLError, ConnectionError, struct.error):
+        pass  # a client that went away: no answer, no record
     finally:
         sock.close()
 
@@ -154,10 +159,19 @@ async def serve(args: argparse.Namespace) -> None:
 
     async def accept() -> None:
         while True:
-            sock, _ = await loop.sock_accept(listener)
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as exc:  # out of file descriptors, say: say so and go on
+                print(f"delay_server: accept failed: {exc}", file=sys.stderr, flush=True)
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            except OSError:
+                sock.close()
+                continue
             task = asyncio.create_task(handle(sock, context, args.delay, answered))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -175,7 +189,7 @@ async def serve(args: argparse.Namespace) -> None:
     with open(args.stats, "w") as fh:
         json.dump({"answers": n, "late_ms_p50": q(0.5), "late_ms_p99": q(0.99), "late_ms_max": q(1.0),
                    "read_late_ms_max": max(answered.read_late, default=0.0) * 1000,
-                   "host": answered.host, "hold": answered.hold}, fh)
+                   "host": answered.host, "path": answered.path, "hold": answered.hold}, fh)
 
 
 if __name__ == "__main__":

@@ -49,13 +49,14 @@ if os.environ.get("BENCH_LOOP_LOG") == "1":
             worst = max(worst, time.perf_counter() - before - 0.005)
             if time.time() >= window_end:
                 print(f"loop {window_end:.3f} {1000 * worst:.1f} ms", file=sys.stderr, flush=True)
-                window_end, worst = window_end + 1, 0.0
+                window_end, worst = time.time() + 1, 0.0
 
     _start = gcpolicy.FullCollections.start
+    _watchers: set = set()
 
     def _start_and_watch(self) -> None:  # the serve loop is running here
         _start(self)
-        asyncio.get_running_loop().create_task(_loop_lag())
+        _watchers.add(asyncio.get_running_loop().create_task(_loop_lag()))
 
     gcpolicy.FullCollections.start = _start_and_watch
 

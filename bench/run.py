@@ -42,6 +42,7 @@ _LAST_RUN = re.compile(r'^defender_probe_last_run_timestamp_seconds\{[^}]*target
 _LAG = re.compile(r'^defender_exporter_scheduler_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M)
 _PHASE = re.compile(r'^defender_probe_phase_duration_seconds\{([^}]*)\} (\S+)$', re.M)
 _BB_PROCESSING = re.compile(r'^probe_http_duration_seconds\{phase="processing"\} (\S+)$', re.M)
+_SUCCESS = re.compile(r'^defender_probe_success\{[^}]*target="([^"]*)"[^}]*\} (\S+)$', re.M)
 _TARGET = re.compile(r'target="([^"]*)"')
 _BB_SUCCESS = re.compile(r"^probe_success (\S+)$", re.M)
 
@@ -55,32 +56,32 @@ def totals_by_target(text: str) -> dict[str, float]:
 
 class ProbeGaps:
     """Each target's probe times, from `defender_probe_last_run_timestamp_seconds`
-    sampled more often than the interval: the longest gap between two probes of
-    a target says whether it was probed every interval, whatever the window's
-    edges cut (a count per window miscounts a target whose probe ends a few ms
-    either side of the window's first and last scrape)."""
+    sampled more often than the interval. The longest gap between two probes of
+    a target that both finished in the measured window, or from its last probe
+    to the window's end, says whether it was probed every interval; a count per
+    window would miscount a target whose probe ends a few ms either side of the
+    window's first and last scrape."""
 
     def __init__(self) -> None:
-        self.last: dict[str, float] = {}
-        self.gaps: dict[str, float] = {}  # target -> longest gap seen so far
-        self.probes: dict[str, int] = {}  # target -> probes seen finishing (after the first sample)
+        self.first: dict[str, float] = {}  # target -> last_run at the first sample
+        self.last: dict[str, float] = {}  # target -> latest last_run seen
+        self.gaps: dict[str, float] = {}  # target -> longest gap between probes in the window
+        self.sampled_at = 0.0
 
     def sample(self, text: str) -> None:
+        self.sampled_at = time.time()
         for target, value in _LAST_RUN.findall(text):
             stamp = float(value)
             previous = self.last.get(target)
             self.last[target] = stamp
             if previous is None:
-                self.probes[target] = 0
-            elif stamp != previous:
+                self.first[target] = stamp
+            elif stamp != previous and previous != self.first[target]:
                 self.gaps[target] = max(self.gaps.get(target, 0.0), stamp - previous)
-                self.probes[target] += 1
 
-    def longest(self) -> float:
-        return max(self.gaps.values(), default=float("nan"))
-
-    def over(self, seconds: float) -> int:
-        return sum(1 for gap in self.gaps.values() if gap > seconds)
+    def longest(self) -> dict[str, float]:
+        """Target -> its longest gap, counting the open one up to the last sample."""
+        return {target: max(self.gaps.get(target, 0.0), self.sampled_at - stamp) for target, stamp in self.last.items()}
 
 
 def lag_buckets(text: str) -> list[tuple[float, float]]:
@@ -345,6 +346,7 @@ async def scale(args: argparse.Namespace) -> dict:
             per_target1 = totals_by_target(text)
             lag1 = lag_buckets(text)
         ours.check_alive()
+        longest = gaps.longest()
         deltas = [per_target1.get(t, 0) - per_target0.get(t, 0) for t in per_target1]
         lag = [(le, c1_ - c0_) for (le, c1_), (_, c0_) in zip(lag1, lag0)]
         result = {
@@ -354,9 +356,9 @@ async def scale(args: argparse.Namespace) -> dict:
             "targets_probed_every_interval": sum(1 for d in deltas if d >= intervals),
             "per_target_probes_min": min(deltas) if deltas else 0,
             "per_target_probes_max": max(deltas) if deltas else 0,
-            "longest_gap_s": gaps.longest(),
-            "targets_with_a_gap_over_1_5_intervals": gaps.over(1.5 * interval),
-            "targets_seen_probed": len(gaps.gaps),
+            "longest_gap_s": max(longest.values(), default=float("nan")),
+            "targets_with_a_gap_over_1_5_intervals": sum(1 for gap in longest.values() if gap > 1.5 * interval),
+            "targets_never_seen_probed": n - len(longest),
             "lag_p50_ms": 1000 * histogram_quantile(0.5, lag),
             "lag_p99_ms": 1000 * histogram_quantile(0.99, lag),
             "lag_observations": lag[-1][1] if lag else 0,
@@ -391,9 +393,9 @@ def print_scale(r: dict) -> None:
           f"targets probed every interval: {r['targets_probed_every_interval']}/{r['targets']} "
           f"(per target {r['per_target_probes_min']:.0f}..{r['per_target_probes_max']:.0f})")
     if "longest_gap_s" in r:
-        print(f"longest gap between two probes of a target: {r['longest_gap_s']:.2f} s; targets with a gap "
-              f"over 1.5 intervals: {r['targets_with_a_gap_over_1_5_intervals']} "
-              f"(of {r['targets_seen_probed']} seen probed again)")
+        print(f"longest gap between two probes of a target (in the window, or open at its end): "
+              f"{r['longest_gap_s']:.2f} s; targets with a gap over 1.5 intervals: "
+              f"{r['targets_with_a_gap_over_1_5_intervals']}; never seen probed: {r['targets_never_seen_probed']}")
     print(f"scheduler lag p50 {r['lag_p50_ms']:.1f} ms, p99 {r['lag_p99_ms']:.1f} ms "
           f"({r['lag_over_250ms']:.0f} of {r['lag_observations']:.0f} starts later than 250 ms)")
     print(f"peak RSS {r['peak_rss_mb']:.1f} MB; CPU {r['cpu_ms_per_probe']:.3f} ms/probe in steady state")
@@ -432,26 +434,29 @@ def _stop_delay_server(lab: Lab, proc: Proc, stats: Path) -> dict:
     return json.loads(stats.read_text()) if stats.exists() else {}
 
 
-def _held(server: dict) -> dict[str, list[float]]:
-    """Host -> the holds the server applied to it, in the order it answered."""
-    holds: dict[str, list[float]] = {}
-    for host, hold in zip(server.get("host", ()), server.get("hold", ())):
-        holds.setdefault(host, []).append(hold)
+def _held(server: dict) -> dict[tuple[str, str], list[float]]:
+    """(host, path) -> the holds the server applied to it (one, unless a client retried)."""
+    holds: dict[tuple[str, str], list[float]] = {}
+    for host, path, hold in zip(server.get("host", ()), server.get("path", ()), server.get("hold", ())):
+        holds.setdefault((host, path), []).append(hold)
     return holds
 
 
-def _errors(measured: list[tuple[str, int, float]], server: dict, delay: float) -> tuple[list[float], list[float]]:
-    """For (host, round, processing) measurements: measured minus the nominal
-    delay, and measured minus the hold the server really applied to that request
-    (a request it answered late was held longer than `delay`)."""
+def _errors(measured: list[tuple[str, str, float]], server: dict, delay: float) -> dict:
+    """Successful probes' (host, path, processing) against what the server did:
+    measured minus the nominal delay, and measured minus the hold the server
+    really applied to that very request (each round asks its own path). A
+    request the server answered twice, or never, cannot be matched: counted."""
     holds = _held(server)
-    nominal, actual = [], []
-    for host, round_index, value in measured:
+    nominal, actual, unmatched = [], [], 0
+    for host, path, value in measured:
         nominal.append(value - delay)
-        applied = holds.get(host, [])
-        if round_index < len(applied):
-            actual.append(value - applied[round_index])
-    return nominal, actual
+        applied = holds.get((host, path), [])
+        if len(applied) == 1:
+            actual.append(value - applied[0])
+        else:
+            unmatched += 1
+    return {"nominal": nominal, "actual": actual, "unmatched": unmatched}
 
 
 async def fidelity(args: argparse.Namespace) -> dict:
@@ -460,21 +465,25 @@ async def fidelity(args: argparse.Namespace) -> dict:
     port = 8443
     try:
         names = [f"f{i:05d}.bench.lab" for i in range(n)]
-        urls = [f"https://{name}:{port}/" for name in names]
-        ours: list[tuple[str, int, float]] = []  # (host, round, processing seconds)
-        bb: list[tuple[str, int, float]] = []
+        # Each round asks its own path, so that a measurement meets the server's
+        # record of that very request.
+        urls = [[f"https://{name}:{port}/r{r}" for name in names] for r in range(rounds)]
+        ours: list[tuple[str, str, float]] = []  # (host, path, processing seconds) of successful probes
+        bb: list[tuple[str, str, float]] = []
         # Ours: the first round of a fresh exporter starts every job at once.
         server, stats_path = _start_delay_server(lab, port, "ours", delay)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
             for r in range(rounds):
-                config = lab.write_exporter_config(urls, interval=600, timeout=30, concurrency=n, name=f"fid{r}")
+                config = lab.write_exporter_config(urls[r], interval=600, timeout=30, concurrency=n, name=f"fid{r}")
                 exporter, mport = lab.start_exporter(config, event_loop=args.event_loop, name=f"exporter-fid{r}")
                 await wait_ready(session, mport, timeout=120)
                 text, _, _ = await scrape(session, mport)
+                succeeded = {target for target, value in _SUCCESS.findall(text) if float(value) == 1}
                 for labels, value in _PHASE.findall(text):
                     target = _TARGET.search(labels)
-                    if target and 'phase="processing"' in labels:
-                        ours.append((urlsplit(target.group(1)).hostname or "", r, float(value)))
+                    if target and 'phase="processing"' in labels and target.group(1) in succeeded:
+                        url = urlsplit(target.group(1))
+                        ours.append((url.hostname or "", url.path, float(value)))
                 exporter.stop()
                 lab.processes.remove(exporter)
         ours_server = _stop_delay_server(lab, server, stats_path)
@@ -483,21 +492,24 @@ async def fidelity(args: argparse.Namespace) -> dict:
         blackbox, bb_port = lab.start_blackbox(names, timeout=30)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                          timeout=aiohttp.ClientTimeout(total=120)) as session:
-            driver = BlackboxDriver(session, bb_port, urls, 1.0)
+            driver = BlackboxDriver(session, bb_port, urls[0], 1.0)
             for r in range(rounds):
-                texts = await asyncio.gather(*(driver.probe(u) for u in urls))
+                texts = await asyncio.gather(*(driver.probe(u) for u in urls[r]))
                 for name, text in zip(names, texts):
                     match = text and _BB_PROCESSING.search(text)
-                    if match:
-                        bb.append((name, r, float(match.group(1))))
+                    success = text and _BB_SUCCESS.search(text)
+                    if match and success and float(success.group(1)) == 1:
+                        bb.append((name, f"/r{r}", float(match.group(1))))
                 await asyncio.sleep(1)
         bb_server = _stop_delay_server(lab, server, stats_path)
-        ours_nominal, ours_actual = _errors(ours, ours_server, delay)
-        bb_nominal, bb_actual = _errors(bb, bb_server, delay)
+        ours_errors = _errors(ours, ours_server, delay)
+        bb_errors = _errors(bb, bb_server, delay)
         result = {
             "in_flight": n, "rounds": rounds, "delay_ms": delay * 1000, "event_loop": args.event_loop,
-            "ours": _stats_ms(ours_actual), "blackbox": _stats_ms(bb_actual),
-            "ours_vs_nominal": _stats_ms(ours_nominal), "blackbox_vs_nominal": _stats_ms(bb_nominal),
+            "ours": _stats_ms(ours_errors["actual"]), "blackbox": _stats_ms(bb_errors["actual"]),
+            "ours_vs_nominal": _stats_ms(ours_errors["nominal"]), "blackbox_vs_nominal": _stats_ms(bb_errors["nominal"]),
+            "ours_failed": n * rounds - len(ours), "blackbox_failed": n * rounds - len(bb),
+            "ours_unmatched": ours_errors["unmatched"], "blackbox_unmatched": bb_errors["unmatched"],
             "server_lateness_ours_run": _server_summary(ours_server),
             "server_lateness_blackbox_run": _server_summary(bb_server),
         }
@@ -508,7 +520,7 @@ async def fidelity(args: argparse.Namespace) -> dict:
 
 
 def _server_summary(server: dict) -> dict:
-    return {k: v for k, v in server.items() if k not in ("host", "hold")}
+    return {k: v for k, v in server.items() if k not in ("host", "path", "hold")}
 
 
 def _loop_note(r: dict) -> str:
@@ -525,6 +537,10 @@ def print_fidelity(r: dict) -> None:
             s = r[key]
             print(f"{who + ' - ' + what:40}{s['n']:6d}{s['p50_ms']:9.2f}{s['p99_ms']:9.2f}"
                   f"{s['abs_p99_ms']:9.2f}{s['max_ms']:9.2f}")
+    for who in ("ours", "blackbox"):
+        if r.get(f"{who}_failed") or r.get(f"{who}_unmatched"):
+            print(f"{who}: {r[f'{who}_failed']} probes failed (left out), {r[f'{who}_unmatched']} not matched "
+                  f"to exactly one answer of the server")
     for who in ("ours", "blackbox"):
         s = r[f"server_lateness_{who}_run"]
         if s:

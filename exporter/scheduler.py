@@ -1,7 +1,7 @@
 """The probe scheduler: every job on its interval, spread out, bounded.
 
-- The first round starts at once (bounded only by `concurrency`), so a new
-  user sees results within seconds.
+- The first round starts at once (bounded by `concurrency`, BATCH_SIZE probes
+  a turn of the event loop), so a new user sees results within seconds.
 - After that each job keeps a fixed slot in its interval: the jobs of one
   interval are spread evenly over it, so there is no thundering herd.
 - A global semaphore bounds probes in flight; each probe has its own deadline
@@ -25,8 +25,8 @@ from .state import ResultStore
 
 log = logging.getLogger("exporter.scheduler")
 
-# Probes whose slots fall within this window are started in one wake-up, up to
-# this much before their slot (never after it): each sleep-to-wake transition
+# Probes whose slots fall within this window are started in one wake-up (up to
+# BATCH_SIZE of them), up to this much before their slot (never after it): each sleep-to-wake transition
 # of the process costs far more CPU than a probe's own work at low rates (see
 # docs/performance.md), and at this grain the load is still spread evenly.
 # Capped at BATCH_FRACTION of the shortest interval, so short intervals keep

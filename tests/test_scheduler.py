@@ -106,7 +106,10 @@ def test_a_wake_up_starts_at_most_a_batch(tmp_path, lab_servers, monkeypatch):
     later = sorted(t for t, _ in recorder.starts[40:])
     assert len(later) >= 30
     bunches = _bunches(later, 0.03)
-    assert max(bunches) == 3, bunches  # the window still gathers slots, up to the batch size
+    # The window still gathers slots, up to the batch size. Uncapped, most
+    # wake-ups start 4 or 5; a stall of the loop may merge two batches once.
+    assert 3 in bunches, bunches
+    assert sum(1 for size in bunches if size > 3) <= 1, bunches
 
 
 def test_concurrency_is_bounded(tmp_path, lab_servers):

@@ -30,9 +30,10 @@ async def probe(job: ProbeJob, env: ProbeEnv, *, trace: Trace | None = None) -> 
                 target.host, target.port, job.route, env.connect_to, env.limits, state, tunnel=True
             )
             ssl_object = await start_tls(stream, target.host, env.ssl_context, state)
-            # The `tls` phase runs on through the chain check, as it does on Windows
-            # (and in Go's handshake, for blackbox_exporter): the phases then add up
-            # to the probe's duration, and a slow check shows where it belongs.
+            # The `tls` phase runs on through the chain check (part of the handshake
+            # on Windows, and in Go's for blackbox_exporter) until the request is sent:
+            # the phases then add up to the probe's duration, and a slow check shows
+            # where it belongs.
             presented = presented_chain(ssl_object)
             verdict = env.trust.verify(presented, target.host)
             tls = tls_facts(ssl_object, presented, verdict)
