@@ -13,7 +13,8 @@ Where the server is late all the same (its loop busy past the due time), the
 hold it really applied is known: for every answer it records the Host and path
 it answered and the hold (departure minus arrival, both on CLOCK_REALTIME). On
 SIGTERM it writes them as JSON to `--stats`, with the distribution of its
-lateness and how late its loop read a request at worst.
+lateness, how late its loop read a request at worst, and the most connections
+it had open at once (the probes really in flight).
 
     python bench/delay_server.py --ip 127.x.y.1 --port 8443 --cert CHAIN --key KEY --stats out.json
 """
@@ -57,6 +58,8 @@ def main() -> None:
 
 class Answered:
     def __init__(self) -> None:
+        self.open = 0  # connections accepted and not closed yet
+        self.peak_open = 0  # the most at once: how many probes were really in flight
         self.host: list[str] = []
         self.path: list[str] = []
         self.hold: list[float] = []  # seconds from the request's arrival to the answer's departure
@@ -144,6 +147,7 @@ async def handle(sock: socket.socket, context: ssl.SSLContext, delay: float, ans
     except (OSError, ssl.SSLError, ConnectionError, struct.error):
         pass  # a client that went away: no answer, no record
     finally:
+        answered.open -= 1
         sock.close()
 
 
@@ -172,6 +176,8 @@ async def serve(args: argparse.Namespace) -> None:
             except OSError:
                 sock.close()
                 continue
+            answered.open += 1
+            answered.peak_open = max(answered.peak_open, answered.open)
             task = asyncio.create_task(handle(sock, context, args.delay, answered))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -189,6 +195,7 @@ async def serve(args: argparse.Namespace) -> None:
     with open(args.stats, "w") as fh:
         json.dump({"answers": n, "late_ms_p50": q(0.5), "late_ms_p99": q(0.99), "late_ms_max": q(1.0),
                    "read_late_ms_max": max(answered.read_late, default=0.0) * 1000,
+                   "peak_connections": answered.peak_open,
                    "host": answered.host, "path": answered.path, "hold": answered.hold}, fh)
 
 

@@ -546,7 +546,8 @@ def print_fidelity(r: dict) -> None:
         if s:
             print(f"server's hold beyond {r['delay_ms']:.0f} ms during {who}'s run: p50 {s['late_ms_p50']:.2f} ms, "
                   f"p99 {s['late_ms_p99']:.2f} ms, max {s['late_ms_max']:.2f} ms ({s['answers']} answers; "
-                  f"its loop read a request at most {s['read_late_ms_max']:.0f} ms after it arrived)")
+                  f"its loop read a request at most {s['read_late_ms_max']:.0f} ms after it arrived; "
+                  f"{s.get('peak_connections', '?')} connections open at most)")
 
 
 # ----------------------------------------------------------------------------- profile
