@@ -240,15 +240,19 @@ http {{
         path.write_text("\n".join(lines) + "\n")
         return path
 
-    def start_exporter(self, config: Path, *, event_loop: str = "auto", name: str = "exporter") -> tuple[Proc, int]:
+    def start_exporter(self, config: Path, *, event_loop: str = "auto", name: str = "exporter",
+                       batch_size: int | None = None) -> tuple[Proc, int]:
+        """Our exporter on `config`; batch_size overrides the scheduler's BATCH_SIZE."""
         port = free_port()
         args = ["--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}", "--log.level", "warn",
                 "--event-loop", event_loop]
-        if "1" in (os.environ.get("BENCH_GC_LOG"), os.environ.get("BENCH_LOOP_LOG")) or os.environ.get("BENCH_BATCH_SIZE"):
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        if batch_size is not None:
+            env["BENCH_BATCH_SIZE"] = str(batch_size)
+        if "1" in (env.get("BENCH_GC_LOG"), env.get("BENCH_LOOP_LOG")) or env.get("BENCH_BATCH_SIZE"):
             argv = [sys.executable, str(ROOT / "bench" / "exporter_variant.py"), *args]
         else:
             argv = [sys.executable, "-m", "exporter", *args]
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
         proc = self.start(Proc(name, argv, log=self.workdir / f"{name}.log", env=env, cwd=ROOT))
         _wait_listening(proc, port, timeout=60)
         return proc, port

@@ -470,12 +470,15 @@ async def fidelity(args: argparse.Namespace) -> dict:
         urls = [[f"https://{name}:{port}/r{r}" for name in names] for r in range(rounds)]
         ours: list[tuple[str, str, float]] = []  # (host, path, processing seconds) of successful probes
         bb: list[tuple[str, str, float]] = []
-        # Ours: the first round of a fresh exporter starts every job at once.
+        # Ours: the first round of a fresh exporter starts every job at once, all
+        # in one turn of its loop: the shipped BATCH_SIZE (16 a turn) would
+        # spread them, and leave fewer than 100 in flight at once.
         server, stats_path = _start_delay_server(lab, port, "ours", delay)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
             for r in range(rounds):
                 config = lab.write_exporter_config(urls[r], interval=600, timeout=30, concurrency=n, name=f"fid{r}")
-                exporter, mport = lab.start_exporter(config, event_loop=args.event_loop, name=f"exporter-fid{r}")
+                exporter, mport = lab.start_exporter(config, event_loop=args.event_loop, name=f"exporter-fid{r}",
+                                                      batch_size=n)
                 await wait_ready(session, mport, timeout=120)
                 text, _, _ = await scrape(session, mport)
                 succeeded = {target for target, value in _SUCCESS.findall(text) if float(value) == 1}
