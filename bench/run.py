@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import gzip
 import json
 import os
@@ -112,13 +113,22 @@ def quantile(values: list[float], q: float) -> float:
 
 async def scrape(session: aiohttp.ClientSession, port: int, *, gz: bool = False,
                  decode: bool = True) -> tuple[str, float, int]:
-    """GET /metrics: (text, seconds to the last byte, bytes on the wire)."""
+    """GET /metrics: (text, seconds to the last byte, bytes on the wire).
+
+    The bench's own garbage collector is off while it times the response: a
+    full collection in this process (tens of ms, with the previous scrapes'
+    parsed samples alive) would count as the exporter's time."""
     headers = {"Accept-Encoding": "gzip" if gz else "identity"}
-    started = time.perf_counter()
-    async with session.get(f"http://127.0.0.1:{port}/metrics", headers=headers, auto_decompress=False) as response:
-        body = await response.read()
-        elapsed = time.perf_counter() - started
-        encoding = response.headers.get("Content-Encoding", "")
+    gc.disable()
+    try:
+        started = time.perf_counter()
+        async with session.get(f"http://127.0.0.1:{port}/metrics", headers=headers,
+                               auto_decompress=False) as response:
+            body = await response.read()
+            elapsed = time.perf_counter() - started
+            encoding = response.headers.get("Content-Encoding", "")
+    finally:
+        gc.enable()
     if not decode:
         return "", elapsed, len(body)
     text = (gzip.decompress(body) if encoding == "gzip" else body).decode()
