@@ -48,6 +48,23 @@ _TARGET = re.compile(r'target="([^"]*)"')
 _BB_SUCCESS = re.compile(r"^probe_success (\S+)$", re.M)
 
 
+def _cpu_times() -> list[int]:
+    """The machine's `cpu` line of /proc/stat: user nice system idle iowait irq softirq steal ..."""
+    with open("/proc/stat") as fh:
+        return [int(v) for v in fh.readline().split()[1:]]
+
+
+def _busy_pct(before: list[int], after: list[int]) -> float:
+    delta = [b - a for a, b in zip(before, after)]
+    return 100 * (sum(delta) - delta[3] - delta[4]) / max(sum(delta), 1)
+
+
+def _steal_pct(before: list[int], after: list[int]) -> float:
+    """Time the hypervisor gave our vCPUs to someone else: a noisy host shows here."""
+    delta = [b - a for a, b in zip(before, after)]
+    return 100 * delta[7] / max(sum(delta), 1)
+
+
 def totals_by_target(text: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for target, value in _TOTAL.findall(text):
@@ -323,7 +340,7 @@ async def scale(args: argparse.Namespace) -> dict:
             # at least half an interval on, so steady state begins an interval later.
             await asyncio.sleep(interval)
             text, _, _ = await scrape(session, port)
-            t0, c0 = time.monotonic(), ours.cpu()
+            t0, c0, stat0 = time.monotonic(), ours.cpu(), _cpu_times()
             per_target0 = totals_by_target(text)
             lag0 = lag_buckets(text)
             gaps = ProbeGaps()
@@ -352,7 +369,7 @@ async def scale(args: argparse.Namespace) -> dict:
                 total = sum(totals_by_target(text).values())
                 per_interval.append(total - previous)
                 previous = total
-            t1, c1 = time.monotonic(), ours.cpu()
+            t1, c1, stat1 = time.monotonic(), ours.cpu(), _cpu_times()
             per_target1 = totals_by_target(text)
             lag1 = lag_buckets(text)
         ours.check_alive()
@@ -389,6 +406,8 @@ async def scale(args: argparse.Namespace) -> dict:
             "metrics_plain_bytes": sizes.get("plain", 0),
             "metrics_gzip_bytes": sizes.get("gzip", 0),
             "wall_s": t1 - t0,
+            "machine_busy_pct": _busy_pct(stat0, stat1),
+            "steal_pct": _steal_pct(stat0, stat1),
         }
         print_scale(result)
         return result
@@ -409,6 +428,8 @@ def print_scale(r: dict) -> None:
     print(f"scheduler lag p50 {r['lag_p50_ms']:.1f} ms, p99 {r['lag_p99_ms']:.1f} ms "
           f"({r['lag_over_250ms']:.0f} of {r['lag_observations']:.0f} starts later than 250 ms)")
     print(f"peak RSS {r['peak_rss_mb']:.1f} MB; CPU {r['cpu_ms_per_probe']:.3f} ms/probe in steady state")
+    if "steal_pct" in r:
+        print(f"machine over the window: {r['machine_busy_pct']:.0f} % busy, {r['steal_pct']:.1f} % stolen by the host")
     print(f"/metrics plain: p50 {r['metrics_plain_ms_p50']:.1f} ms, p99 {r['metrics_plain_ms_p99']:.1f} ms, "
           f"{r['metrics_plain_bytes'] / 1e6:.2f} MB; gzip: p50 {r['metrics_gzip_ms_p50']:.1f} ms, "
           f"p99 {r['metrics_gzip_ms_p99']:.1f} ms, {r['metrics_gzip_bytes'] / 1e6:.2f} MB "
