@@ -609,8 +609,8 @@ async def profile(args: argparse.Namespace) -> dict:
                 "--format", "raw", "--output", str(collapsed), "--nonblocking", "--threads",
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
             deadline = time.monotonic() + args.duration
-            while time.monotonic() < deadline:  # the one scrape per interval goes on
-                await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+            while time.monotonic() < deadline:  # scrapes go on: once an interval, or every --scrape-every
+                await asyncio.sleep(min(interval, args.scrape_every, max(0.0, deadline - time.monotonic())))
                 await scrape(session, port)
             await spy.wait()
         summary = summarize_profile(collapsed)
