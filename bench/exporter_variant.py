@@ -5,6 +5,7 @@ touching the shipped files:
     BENCH_LOOP_LOG=1        log, each second, how late a 5 ms timer of the event
                             loop woke at worst (how long the loop was blocked)
     BENCH_BATCH_SIZE=N      the scheduler's BATCH_SIZE
+    BENCH_SCRAPE_HOLD=S     the scheduler's SCRAPE_HOLD (0: probes never wait for a scrape)
 
     python bench/exporter_variant.py --config.file F --web.listen-address 127.0.0.1:PORT
 """
@@ -33,10 +34,11 @@ if os.environ.get("BENCH_GC_LOG") == "1":
 
     gc.callbacks.append(_gc_timer)
 
-if os.environ.get("BENCH_BATCH_SIZE"):
+if os.environ.get("BENCH_BATCH_SIZE") or os.environ.get("BENCH_SCRAPE_HOLD"):
     from exporter import scheduler
 
-    scheduler.BATCH_SIZE = int(os.environ["BENCH_BATCH_SIZE"])
+    scheduler.BATCH_SIZE = int(os.environ.get("BENCH_BATCH_SIZE") or scheduler.BATCH_SIZE)
+    scheduler.SCRAPE_HOLD = float(os.environ.get("BENCH_SCRAPE_HOLD") or scheduler.SCRAPE_HOLD)
 
 if os.environ.get("BENCH_LOOP_LOG") == "1":
     from exporter import gcpolicy

@@ -41,12 +41,44 @@ BATCH_FRACTION = 0.1
 # and 16 ms with 16, at the same CPU per probe (docs/performance.md). Windows
 # of fewer probes than this are unchanged.
 BATCH_SIZE = 16
+# While a /metrics response is being written, a batch that falls due waits for
+# it, this long at most: the batch's handshakes would take the turns of the
+# event loop that the response needs to move its megabytes. The wait counts as
+# scheduler lag. A slow client therefore slows probe starts only to BATCH_SIZE
+# per SCRAPE_HOLD (160/s) while it reads.
+SCRAPE_HOLD = 0.1
 # After its first probe, a job's next slot is at least this part of its interval away.
 FIRST_GAP = 0.5
 # Over the probe's own timeout, how long before the scheduler gives up on it.
 SAFETY_MARGIN = 5.0
 
 JobRunner = Callable[[ProbeJob, ProbeEnv], Awaitable[object]]
+
+
+class Scrapes:
+    """The /metrics responses being written right now (web.py reports them)."""
+
+    def __init__(self) -> None:
+        self.streaming = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def started(self) -> None:
+        self.streaming += 1
+        self._idle.clear()
+
+    def finished(self) -> None:
+        self.streaming -= 1
+        if self.streaming == 0:
+            self._idle.set()
+
+    async def wait(self, limit: float) -> None:
+        """Until no response is being written, or `limit` seconds."""
+        if self.streaming:
+            try:
+                await asyncio.wait_for(self._idle.wait(), limit)
+            except TimeoutError:
+                pass
 
 
 class Scheduler:
@@ -69,6 +101,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._epoch = time.monotonic()
         self._window = BATCH_WINDOW
+        self.scrapes = Scrapes()  # web.py marks its /metrics responses here
         self.set_jobs(jobs)
 
     # ------------------------------------------------------------------ jobs
@@ -148,6 +181,7 @@ class Scheduler:
         try:
             while True:
                 await self._wait_for_due()
+                await self.scrapes.wait(SCRAPE_HOLD)
                 # What is due within the window starts now, up to BATCH_SIZE probes:
                 # one wake-up per window at low rates, per BATCH_SIZE probes at high ones.
                 horizon = time.monotonic() + self._window

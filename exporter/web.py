@@ -124,14 +124,20 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     # iter_exposition takes its snapshot of the fragments before yielding the
     # first piece, so writing (which yields to the loop) cannot mix two moments.
     pieces = exporter.collector.iter_exposition(gzip=wants_gzip)
-    await response.prepare(request)
-    if request.transport is not None:
-        # Let a few megabytes queue in the transport before write() waits: each
-        # wait is a trip round the event loop, behind whatever probes are doing.
-        request.transport.set_write_buffer_limits(high=METRICS_WRITE_BUFFER)
-    for piece in pieces:
-        await response.write(piece)
-    await response.write_eof()
+    # New probes wait (a little) while the body goes out (scheduler.SCRAPE_HOLD).
+    scrapes = exporter.scheduler.scrapes
+    scrapes.started()
+    try:
+        await response.prepare(request)
+        if request.transport is not None:
+            # Let a few megabytes queue in the transport before write() waits: each
+            # wait is a trip round the event loop, behind whatever probes are doing.
+            request.transport.set_write_buffer_limits(high=METRICS_WRITE_BUFFER)
+        for piece in pieces:
+            await response.write(piece)
+        await response.write_eof()
+    finally:
+        scrapes.finished()
     # The next scrape is a scrape interval away: a full collection in a
     # moment (once the transport has sent the last queued bytes), if one is
     # due, pauses nobody's scrape (gcpolicy.py).

@@ -168,3 +168,63 @@ def test_following_slot_never_returns_the_same_slot(tmp_path):
             # A probe that starts late keeps the first slot still ahead of it.
             assert abs(scheduler._following_slot(key, due, due + 45.0) - (due + 60.0)) < 1e-6
             assert abs(scheduler._following_slot(key, due, due + 70.0) - (due + 120.0)) < 1e-6
+
+
+def _held_start(tmp_path, *, finish_after: float | None) -> float:
+    """Seconds from the start of the scheduler to its first probe, while a
+    /metrics response is being written from the outset (and ends after
+    `finish_after` seconds, or never). The runner only notes the start."""
+    config = load_config(lab_config(tmp_path, {"intranet": ["http://host0.lab.example/"]}, interval="10s"))
+
+    async def main() -> float:
+        starts: list[float] = []
+
+        async def runner(job, env):
+            starts.append(time.monotonic())
+
+        sched = Scheduler(ResultStore(), ProbeEnv.from_config(config), config.jobs(), concurrency=4, runner=runner)
+        sched.scrapes.started()
+        began = time.monotonic()
+        task = asyncio.create_task(sched.run())
+        if finish_after is not None:
+            await asyncio.sleep(finish_after)
+            sched.scrapes.finished()
+        await asyncio.sleep(scheduler.SCRAPE_HOLD + 0.1)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert len(starts) == 1
+        return starts[0] - began
+
+    return asyncio.run(main())
+
+
+def test_a_due_batch_waits_for_the_scrape_being_written(tmp_path):
+    assert scheduler.SCRAPE_HOLD >= 0.05
+    # The first round falls due at once; it starts when the response is out.
+    assert 0.03 <= _held_start(tmp_path, finish_after=0.03) < 0.03 + 0.02
+    # A response that never ends (a slow client) holds a batch SCRAPE_HOLD at most.
+    assert scheduler.SCRAPE_HOLD - 0.005 <= _held_start(tmp_path, finish_after=None) < scheduler.SCRAPE_HOLD + 0.05
+
+
+def test_metrics_responses_are_marked_as_being_written(tmp_path, monkeypatch):
+    marks: list[tuple[str, int]] = []
+    started, finished = scheduler.Scrapes.started, scheduler.Scrapes.finished
+
+    def note_start(self):
+        started(self)
+        marks.append(("started", self.streaming))
+
+    def note_finish(self):
+        finished(self)
+        marks.append(("finished", self.streaming))
+
+    monkeypatch.setattr(scheduler.Scrapes, "started", note_start)
+    monkeypatch.setattr(scheduler.Scrapes, "finished", note_finish)
+    path = lab_config(tmp_path, {"intranet": ["http://host0.lab.example/"]}, interval="10s")
+    with ExporterThread(path, port=free_port()) as exporter:
+        status, _ = exporter.get("/metrics")
+        exporter.get("/metrics")
+        streaming = exporter.call(lambda: exporter.exporter.scheduler.scrapes.streaming)
+    assert status == 200
+    assert marks == [("started", 1), ("finished", 0)] * 2
+    assert streaming == 0
