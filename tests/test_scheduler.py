@@ -61,11 +61,16 @@ def _run_scheduler(config, seconds: float):
     return asyncio.run(main())
 
 
-def test_first_round_at_once_then_spread_over_the_interval(tmp_path, lab_servers):
-    urls, connect_to, _ = _plain_targets(lab_servers, 10, Ok())
+def _run_on_healthy_targets(tmp_path, lab_servers, n: int, seconds: float):
+    """The scheduler on n healthy plain-HTTP targets at a 2 s interval, for `seconds`."""
+    urls, connect_to, _ = _plain_targets(lab_servers, n, Ok())
     config = load_config(lab_config(tmp_path, {"intranet": urls}, connect_to=connect_to,
                                     interval="2s", timeout="1s"))
-    store, recorder, started = _run_scheduler(config, 4.2)
+    return _run_scheduler(config, seconds)
+
+
+def test_first_round_at_once_then_spread_over_the_interval(tmp_path, lab_servers):
+    store, recorder, started = _run_on_healthy_targets(tmp_path, lab_servers, 10, 4.2)
     first = [t - started for t, _ in recorder.starts[:10]]
     assert max(first) < 0.5, "the first round starts at once"
     assert len({u for _, u in recorder.starts[:10]}) == 10
@@ -97,10 +102,7 @@ def _bunches(times: list[float], gap: float) -> list[int]:
 def test_a_wake_up_starts_at_most_a_batch(tmp_path, lab_servers, monkeypatch):
     # 40 jobs in 2 s: slots 50 ms apart, four or five to a 0.2 s window.
     monkeypatch.setattr(scheduler, "BATCH_SIZE", 3)
-    urls, connect_to, _ = _plain_targets(lab_servers, 40, Ok())
-    config = load_config(lab_config(tmp_path, {"intranet": urls}, connect_to=connect_to,
-                                    interval="2s", timeout="1s"))
-    store, recorder, started = _run_scheduler(config, 3.5)
+    _, recorder, started = _run_on_healthy_targets(tmp_path, lab_servers, 40, 3.5)
     first = [t - started for t, _ in recorder.starts[:40]]
     assert max(first) < 0.5, "the first round still starts at once, a batch per turn of the loop"
     later = sorted(t for t, _ in recorder.starts[40:])
