@@ -26,9 +26,10 @@ from .state import ResultStore
 log = logging.getLogger("exporter.scheduler")
 
 # Probes whose slots fall within this window are started in one wake-up (up to
-# BATCH_SIZE of them), up to this much before their slot (never after it): each sleep-to-wake transition
-# of the process costs far more CPU than a probe's own work at low rates (see
-# docs/performance.md), and at this grain the load is still spread evenly.
+# BATCH_SIZE of them), up to this much before their slot (never after it): each
+# sleep-to-wake transition of the process costs far more CPU than a probe's own
+# work at low rates (see docs/performance.md), and at this grain the load is
+# still spread evenly.
 # Capped at BATCH_FRACTION of the shortest interval, so short intervals keep
 # a fine spread (a tenth: 5 % cost 30 % more CPU per probe at a 10 s interval).
 BATCH_WINDOW = 1.0
@@ -44,9 +45,11 @@ BATCH_SIZE = 16
 # While a /metrics response is being written, a batch that falls due waits for
 # it, this long at most: the batch's handshakes would take the turns of the
 # event loop that the response needs to move its megabytes. The wait counts as
-# scheduler lag. A slow client therefore slows probe starts only to BATCH_SIZE
-# per SCRAPE_HOLD (160/s) while it reads.
+# scheduler lag. Responses are waited for only in their first SCRAPE_HOLD_AGE
+# (a 28 MB scrape takes 30-120 ms here): a client that reads slowly, or stops
+# reading, must not hold back the probes for longer than that.
 SCRAPE_HOLD = 0.1
+SCRAPE_HOLD_AGE = 1.0
 # After its first probe, a job's next slot is at least this part of its interval away.
 FIRST_GAP = 0.5
 # Over the probe's own timeout, how long before the scheduler gives up on it.
@@ -60,10 +63,13 @@ class Scrapes:
 
     def __init__(self) -> None:
         self.streaming = 0
+        self._busy_since = 0.0  # when `streaming` last went from 0 to 1
         self._idle = asyncio.Event()
         self._idle.set()
 
     def started(self) -> None:
+        if self.streaming == 0:
+            self._busy_since = time.monotonic()
         self.streaming += 1
         self._idle.clear()
 
@@ -73,8 +79,9 @@ class Scrapes:
             self._idle.set()
 
     async def wait(self, limit: float) -> None:
-        """Until no response is being written, or `limit` seconds."""
-        if self.streaming:
+        """Until no response is being written, or `limit` seconds; not at all
+        when responses have been going out for SCRAPE_HOLD_AGE already."""
+        if self.streaming and time.monotonic() - self._busy_since < SCRAPE_HOLD_AGE:
             try:
                 await asyncio.wait_for(self._idle.wait(), limit)
             except TimeoutError:

@@ -172,10 +172,11 @@ def test_following_slot_never_returns_the_same_slot(tmp_path):
             assert abs(scheduler._following_slot(key, due, due + 70.0) - (due + 120.0)) < 1e-6
 
 
-def _held_start(tmp_path, *, finish_after: float | None) -> float:
+def _held_start(tmp_path, *, finish_after: float | None, scrape_age: float = 0.0) -> float:
     """Seconds from the start of the scheduler to its first probe, while a
     /metrics response is being written from the outset (and ends after
-    `finish_after` seconds, or never). The runner only notes the start."""
+    `finish_after` seconds, or never; it began `scrape_age` seconds before).
+    The runner only notes the start."""
     config = load_config(lab_config(tmp_path, {"intranet": ["http://host0.lab.example/"]}, interval="10s"))
 
     async def main() -> float:
@@ -186,6 +187,7 @@ def _held_start(tmp_path, *, finish_after: float | None) -> float:
 
         sched = Scheduler(ResultStore(), ProbeEnv.from_config(config), config.jobs(), concurrency=4, runner=runner)
         sched.scrapes.started()
+        sched.scrapes._busy_since -= scrape_age
         began = time.monotonic()
         task = asyncio.create_task(sched.run())
         if finish_after is not None:
@@ -204,8 +206,10 @@ def test_a_due_batch_waits_for_the_scrape_being_written(tmp_path):
     assert scheduler.SCRAPE_HOLD >= 0.05
     # The first round falls due at once; it starts when the response is out.
     assert 0.03 <= _held_start(tmp_path, finish_after=0.03) < 0.03 + 0.02
-    # A response that never ends (a slow client) holds a batch SCRAPE_HOLD at most.
+    # A response that never ends (a slow client) holds a batch SCRAPE_HOLD at most,
     assert scheduler.SCRAPE_HOLD - 0.005 <= _held_start(tmp_path, finish_after=None) < scheduler.SCRAPE_HOLD + 0.05
+    # and once it has been going out for SCRAPE_HOLD_AGE, holds nothing.
+    assert _held_start(tmp_path, finish_after=None, scrape_age=scheduler.SCRAPE_HOLD_AGE) < 0.02
 
 
 def test_metrics_responses_are_marked_as_being_written(tmp_path, monkeypatch):
