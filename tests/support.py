@@ -22,6 +22,18 @@ from exporter.state import Outcome
 CATALOGUE_GROUPS = ("maps", "update", "adl", "submission", "crl", "diagnostics")
 
 
+def recv_head(sock) -> bytes:
+    """What a blocking socket (plain or TLS) gives up to and including the first
+    blank line, or up to its close."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
 def root_fingerprint(pki) -> str:
     return hashlib.sha256(pki.root.cert.public_bytes(Encoding.DER)).hexdigest()
 

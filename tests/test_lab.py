@@ -30,6 +30,7 @@ from lab.servers import (
     refused_address,
 )
 from lab.squid import SquidFactory
+from support import recv_head
 
 HOST = "wdcp.microsoft.com"
 
@@ -233,13 +234,7 @@ def _proxy_exchange(proxy: tuple[str, int], head: str) -> tuple[int, dict[str, s
     """Send one request head to the proxy; return status, headers and the still-open socket."""
     sock = socket.create_connection(proxy, timeout=5)
     sock.sendall(head.encode())
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        buf += chunk
-    lines = buf.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    lines = recv_head(sock).split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     return int(lines[0].split()[1]), headers, sock
 

@@ -18,7 +18,7 @@ from typing import Self
 import pytest
 import uvloop
 from lab.servers import Delay
-from support import lab_config
+from support import lab_config, recv_head
 
 from exporter.config import load_config
 from exporter.probes import ProbeEnv, http, https
@@ -125,12 +125,7 @@ class TicketServer:
             conn.settimeout(5)
             try:
                 with self.context.wrap_socket(conn, server_side=True) as tls:
-                    request = b""
-                    while b"\r\n\r\n" not in request:
-                        chunk = tls.recv(4096)
-                        if not chunk:
-                            break
-                        request += chunk
+                    recv_head(tls)
                     time.sleep(self.delay)
                     tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
             except (OSError, ssl.SSLError):
