@@ -219,6 +219,7 @@ _TARGET_FAMILIES: tuple[m.MetricSpec, ...] = (
     m.MAPS_CONNECTION_VALID, m.MAPS_VALIDATION_INFO,
 )
 _FAMILY_COUNT = len(_TARGET_FAMILIES)
+_FAMILY_NAMES = tuple(spec.name for spec in _TARGET_FAMILIES)
 _MAPS_VALID = _TARGET_FAMILIES.index(m.MAPS_CONNECTION_VALID)
 _MAPS_INFO = _TARGET_FAMILIES.index(m.MAPS_VALIDATION_INFO)
 
@@ -276,52 +277,61 @@ _CHUNK_JOBS = 1000
 
 
 def render_target(job, stats, outcome) -> tuple[str, ...]:
-    """The lines of one job in each of the per-target families (same text,
-    label order and number format as generate_latest() gives)."""
+    """The lines of one job in each of the per-target families, in the order of
+    _TARGET_FAMILIES (same text, label order and number format as
+    generate_latest() gives)."""
     fmt = floatToGoString
     g = f'group="{_esc(job.group.name)}"'
     r = f'route="{_esc(job.route.name)}"'
     t = f'target="{_esc(job.target.url)}"'
     rt = f"{r},{t}"
     base = f"{g},{rt}"
-    out = [""] * _FAMILY_COUNT
-    out[0] = (f'defender_target_info{{{g},pattern="{_esc(job.target.pattern)}",port="{job.target.port}",{rt}}} 1.0\n')
+    out: dict[str, str] = {}  # family name -> its lines of this job
+    out[m.TARGET_INFO.name] = (
+        f'defender_target_info{{{g},pattern="{_esc(job.target.pattern)}",port="{job.target.port}",{rt}}} 1.0\n')
     if stats is not None:
-        out[7] = (f'defender_probes_total{{{g},result="success",{rt}}} {fmt(stats.successes)}\n'
+        out[m.PROBES_TOTAL.name] = (f'defender_probes_total{{{g},result="success",{rt}}} {fmt(stats.successes)}\n'
                   f'defender_probes_total{{{g},result="failure",{rt}}} {fmt(stats.failures)}\n')
     if outcome is None:
-        return tuple(out)
+        return _in_family_order(out)
     probe = outcome.probe
-    out[1] = f"defender_probe_success{{{base}}} {'1.0' if probe.success else '0.0'}\n"
-    out[2] = f"defender_probe_duration_seconds{{{base}}} {fmt(probe.duration)}\n"
-    out[3] = "".join(f'defender_probe_phase_duration_seconds{{{g},phase="{_esc(phase)}",{rt}}} {fmt(seconds)}\n'
-                     for phase, seconds in probe.phases)
-    out[4] = f"defender_probe_http_status_code{{{base}}} {fmt(probe.http_status)}\n"
+    out[m.PROBE_SUCCESS.name] = f"defender_probe_success{{{base}}} {'1.0' if probe.success else '0.0'}\n"
+    out[m.PROBE_DURATION.name] = f"defender_probe_duration_seconds{{{base}}} {fmt(probe.duration)}\n"
+    out[m.PROBE_PHASE_DURATION.name] = "".join(
+        f'defender_probe_phase_duration_seconds{{{g},phase="{_esc(phase)}",{rt}}} {fmt(seconds)}\n'
+        for phase, seconds in probe.phases)
+    out[m.PROBE_HTTP_STATUS.name] = f"defender_probe_http_status_code{{{base}}} {fmt(probe.http_status)}\n"
     if probe.reason is not None:
-        out[5] = f'defender_probe_failure_reason{{{g},reason="{_esc(str(probe.reason))}",{rt}}} 1.0\n'
-    out[6] = f"defender_probe_last_run_timestamp_seconds{{{base}}} {fmt(probe.finished_at)}\n"
+        out[m.PROBE_FAILURE_REASON.name] = (
+            f'defender_probe_failure_reason{{{g},reason="{_esc(str(probe.reason))}",{rt}}} 1.0\n')
+    out[m.PROBE_LAST_RUN.name] = f"defender_probe_last_run_timestamp_seconds{{{base}}} {fmt(probe.finished_at)}\n"
     tls = probe.tls
     if tls is not None:
-        out[8] = f'defender_tls_version_info{{{base},version="{_esc(tls.version)}"}} 1.0\n'
-        out[9] = f'defender_tls_cipher_info{{cipher="{_esc(tls.cipher)}",{base}}} 1.0\n'
-        out[10] = "".join(
+        out[m.TLS_VERSION_INFO.name] = f'defender_tls_version_info{{{base},version="{_esc(tls.version)}"}} 1.0\n'
+        out[m.TLS_CIPHER_INFO.name] = f'defender_tls_cipher_info{{cipher="{_esc(tls.cipher)}",{base}}} 1.0\n'
+        out[m.TLS_CERT_NOT_AFTER.name] = "".join(
             f'defender_tls_cert_not_after_timestamp_seconds{{depth="{depth}",'
             f'fingerprint_sha256="{_esc(cert.fingerprint_sha256)}",{g},issuer="{_esc(cert.issuer)}",{r},'
             f'serial="{_esc(cert.serial)}",subject="{_esc(cert.subject)}",{t}}} {fmt(cert.not_after)}\n'
             for depth, cert in enumerate(tls.presented))
-        out[11] = f"defender_tls_chain_verified{{{base}}} {'1.0' if tls.verified else '0.0'}\n"
+        out[m.TLS_CHAIN_VERIFIED.name] = f"defender_tls_chain_verified{{{base}}} {'1.0' if tls.verified else '0.0'}\n"
     if outcome.revoked is not None:
-        out[12] = f"defender_tls_cert_revoked{{{base}}} {'1.0' if outcome.revoked else '0.0'}\n"
+        out[m.TLS_CERT_REVOKED.name] = f"defender_tls_cert_revoked{{{base}}} {'1.0' if outcome.revoked else '0.0'}\n"
     if outcome.intercepted is not None:
-        out[13] = f"defender_tls_intercepted{{{base}}} {'1.0' if outcome.intercepted else '0.0'}\n"
+        out[m.TLS_INTERCEPTED.name] = f"defender_tls_intercepted{{{base}}} {'1.0' if outcome.intercepted else '0.0'}\n"
     verdict = outcome.maps
     if verdict is not None:
         source = f'source="{_esc(verdict.source)}"'
-        out[14] = f"defender_maps_connection_valid{{{g},{r},{source},{t}}} {'1.0' if verdict.valid else '0.0'}\n"
+        out[m.MAPS_CONNECTION_VALID.name] = (
+            f"defender_maps_connection_valid{{{g},{r},{source},{t}}} {'1.0' if verdict.valid else '0.0'}\n")
         if not verdict.valid:
-            out[15] = (f'defender_maps_validation_info{{cause="{_esc(verdict.cause)}",{g},'
+            out[m.MAPS_VALIDATION_INFO.name] = (f'defender_maps_validation_info{{cause="{_esc(verdict.cause)}",{g},'
                        f'hresult="{_esc(verdict.hresult)}",reason="{_esc(verdict.reason)}",{r},{source},{t}}} 1.0\n')
-    return tuple(out)
+    return _in_family_order(out)
+
+
+def _in_family_order(lines: dict[str, str]) -> tuple[str, ...]:
+    return tuple(lines.get(name, "") for name in _FAMILY_NAMES)
 
 
 class _Families:
