@@ -249,11 +249,8 @@ http {{
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         if batch_size is not None:
             env["BENCH_BATCH_SIZE"] = str(batch_size)
-        if "1" in (env.get("BENCH_GC_LOG"), env.get("BENCH_LOOP_LOG")) or env.get("BENCH_BATCH_SIZE") \
-                or env.get("BENCH_SCRAPE_HOLD"):
-            argv = [sys.executable, str(ROOT / "bench" / "exporter_variant.py"), *args]
-        else:
-            argv = [sys.executable, "-m", "exporter", *args]
+        # exporter_variant.py is `python -m exporter` plus the BENCH_* knobs it reads (none set: none).
+        argv = [sys.executable, str(ROOT / "bench" / "exporter_variant.py"), *args]
         proc = self.start(Proc(name, argv, log=self.workdir / f"{name}.log", env=env, cwd=ROOT))
         _wait_listening(proc, port, timeout=60)
         return proc, port

@@ -1,5 +1,6 @@
-"""Run the exporter's CLI with what the bench adds to see inside it, without
-touching the shipped files:
+"""Run the exporter's CLI (as `python -m exporter` does) with what the bench
+adds to see inside it, without touching the shipped files; every knob is off
+unless its variable is set:
 
     BENCH_GC_LOG=1          log every full garbage collection and its pause
     BENCH_LOOP_LOG=1        log, each second, how late a 5 ms timer of the event
