@@ -17,6 +17,7 @@ this directory on sys.path). Typical use together with the exporter's `connect_t
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -28,6 +29,13 @@ import pytest
 # not, so make `import lab` work either way.
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
+
+# The console script and the tools of the environment that runs the tests (tests/run.sh's
+# .venv, or any virtual environment) come first on PATH, for the tests and their subprocesses,
+# so `defender-connectivity-exporter` is the one installed with this interpreter.
+_bindir = str(Path(sys.executable).parent)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _bindir:
+    os.environ["PATH"] = os.pathsep.join([_bindir, os.environ.get("PATH", os.defpath)])
 
 from lab.pki import LabPKI  # noqa: E402
 from lab.servers import LabServers  # noqa: E402

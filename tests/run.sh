@@ -1,29 +1,54 @@
 #!/usr/bin/env bash
-# Install everything the test suite needs, then run it. Works on a fresh Debian 12
-# machine as root (CI runs exactly this via .ci/run). Extra arguments go to pytest.
+# Install everything the test suite needs, then run it. Extra arguments go to pytest.
+# CI runs exactly this via .ci/run, on a fresh Debian 12 machine as root.
+#
+# Python packages go into the project's own virtual environment `.venv` (created with the
+# Debian system interpreter /usr/bin/python3 when there is one), never into the system Python:
+# Debian 12 and Ubuntu 24.04 refuse that (PEP 668, "externally-managed-environment").
+# Services are left alone: every test starts its own Squid, Prometheus and Alertmanager on
+# free loopback ports, so a Prometheus or Squid already running on this machine keeps running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the lab uses: Squid (proxy routes), mitmproxy (a real TLS-inspecting
-# proxy), Prometheus + promtool and
-# Alertmanager (rules, e2e alerting), Chromium + driver (status page), iproute2 and
-# util-linux (network namespaces for the built-in catalogue run).
-packages=(squid mitmproxy prometheus prometheus-alertmanager chromium chromium-driver iproute2 util-linux ca-certificates)
+# proxy), Prometheus + promtool and Alertmanager (rules, e2e alerting), Chromium + driver
+# (status page), iproute2 and util-linux (network namespaces for the built-in catalogue run),
+# python3-venv (the project's virtual environment).
+packages=(squid mitmproxy prometheus prometheus-alertmanager chromium chromium-driver iproute2 util-linux
+          ca-certificates python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
+  if [[ $(id -u) != 0 ]]; then
+    echo "tests/run.sh: missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
   echo "tests/run.sh: installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # policy-rc.d exit 101: Debian's maintainer scripts must not start Squid, Prometheus or
+  # Alertmanager as services while we install them (the tests never use those). Only while we
+  # install, and only if the machine has no policy of its own.
+  policy=/usr/sbin/policy-rc.d own_policy=
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && own_policy=1
+    trap 'rm -f "$policy"' EXIT
+  fi
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [[ -n $own_policy ]]; then rm -f "$policy"; trap - EXIT; fi
 fi
-# Debian starts the services on install; the tests run their own private instances.
-for service in squid prometheus prometheus-alertmanager; do
-  systemctl stop "$service" >/dev/null 2>&1 || service "$service" stop >/dev/null 2>&1 || true
-done
 
-python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e ".[test]"
+if [[ -x /usr/bin/python3 ]]; then python=/usr/bin/python3; else python=python3; fi
+venv=.venv
+if ! "$venv/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "tests/run.sh: creating the virtual environment $venv with $python"
+  "$python" -m venv --clear "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[test]"
 
-exec python3 -m pytest -p no:cacheprovider "$@"
+# The console script (defender-connectivity-exporter) is in $venv/bin; tests/conftest.py also
+# puts the interpreter's own bin directory first on PATH.
+export PATH="$PWD/$venv/bin:$PATH"
+exec "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
