@@ -31,6 +31,7 @@ plus a few seconds, well inside the scheduler's safety margin.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from .causes import VERDICT_TABLE, Cause, Finding
+from .causes import VERDICT_TABLE, Cause, Evidence, Finding, cause_for
 from .config import Config, ProbeJob, Route
 from .crl import CRLCache, RevocationStatus
 from .probes import CertFacts, ProbeEnv, ProbeResult, run_probe
@@ -232,6 +233,15 @@ class Assessor:
 
     def maps_verdict(self, job: ProbeJob, probe: ProbeResult, revocation: ChainRevocation | None,
                      intercepted: bool | None) -> MapsVerdict:
+        """The verdict, its cause chosen by causes.cause_for from what was seen, as for a host's hresult."""
+        verdict = self._maps_verdict(job, probe, revocation, intercepted)
+        if verdict.valid:
+            return verdict
+        cause = cause_for(verdict.hresult, Evidence(situation=Cause(verdict.cause), intercepted=bool(intercepted)))
+        return dataclasses.replace(verdict, cause=str(cause))
+
+    def _maps_verdict(self, job: ProbeJob, probe: ProbeResult, revocation: ChainRevocation | None,
+                      intercepted: bool | None) -> MapsVerdict:
         if not probe.success:
             row = VERDICT_TABLE[str(probe.reason)]
             cause = row.cause

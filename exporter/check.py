@@ -26,6 +26,7 @@ import sys
 from typing import TextIO
 
 from .causes import REMEDIES, Cause
+from .causes import mpcmdrun_line as failure_line
 from .config import ConfigError, load_config
 from .state import MapsVerdict, Outcome
 
@@ -33,10 +34,11 @@ JSON_FORMAT_VERSION = 1
 
 
 def mpcmdrun_line(verdict: MapsVerdict) -> str:
-    """The verdict in MpCmdRun's own words."""
+    """The verdict in MpCmdRun's own words; `httpcore=`/`httpcode=` only where Microsoft shows one
+    for that hresult (causes.HRESULTS), since we cannot know what MpCmdRun would print otherwise."""
     if verdict.valid:
         return "ValidateMapsConnection successfully established a connection to MAPS"
-    return f"ValidateMapsConnection failed to establish a connection to MAPS (hr={verdict.hresult} httpcore=451)"
+    return failure_line(verdict.hresult)
 
 
 def run_check(args: argparse.Namespace) -> int:

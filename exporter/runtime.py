@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from .assess import Assessor
 from .collector import DefenderCollector, exposition_cache
 from .config import Config, ConfigError, load_config
-from .hostside import HostConfig, collect_host
+from .hostside import HostConfig, collect_host, emulated_evidence
 from .webconfig import WebConfig, WebConfigError, load_web_config
 from .probes import ProbeEnv
 from .scheduler import Scheduler
@@ -78,7 +78,7 @@ class Exporter:
         """Defender's own tools, on their own (longer) interval."""
         while True:
             try:
-                self.store.host_snapshot = await collect_host(host)
+                self.store.host_snapshot = await collect_host(host, evidence=emulated_evidence(self.store))
                 for error in self.store.host_snapshot.errors:
                     log.warning("host collector: %s", error)
             except Exception:  # a parser bug must not end the loop

@@ -248,7 +248,7 @@ def _revoked(net: LabNetwork) -> Site:
     maps = {"group": "maps", "target": MAPS_URL, "route": "defender"}
     expect = Expect(
         fires={"DefenderMAPSConnectionFailed": Fires(
-            maps, ("hr=0x80072F8A", "cause cert_revoked", "reason cert_revoked"))},
+            maps, ("hr=0x80072F8F", "cause cert_revoked", "reason cert_revoked"))},
         notably_silent=("DefenderMAPSRevocationCheckBlocked", "DefenderTLSInspectionDetected",
                         "DefenderCRLUnreachable", "DefenderCRLStale", "DefenderProxyAuthenticationRequired",
                         "DefenderExporterProbesStale"),

@@ -89,12 +89,12 @@ def test_mpcmdrun_printed_hresult_wins_over_exit_code():
 
 
 def test_mpcmdrun_other_hresults_causes():
-    assert cause_for_hresult("0x80072EE7") == "dns_failure"  # inferred, VERDICT_TABLE
-    assert cause_for_hresult("0x80072f0d") == "certificate_invalid"
-    assert cause_for_hresult("0x80004005") == ""  # unknown: empty, the cause set is closed
+    assert cause_for_hresult("0x80072EE7") == "dns_failure"  # the MpCmdRun page lists it
+    assert cause_for_hresult("0x80072f0d") == "tls_inspection"  # "firewall ... or conducting SSL inspection"
+    assert cause_for_hresult("0x80070020") == ""  # unknown: empty, the cause set is closed
     v = parse_validate_maps("ValidateMapsConnection failed to establish a connection to MAPS "
-                            "(hr=0x80004005 httpcore=0)", None)
-    assert v.parsed and not v.valid and v.hresult == "0x80004005" and v.cause == ""
+                            "(hr=0x80070020 httpcore=0)", None)
+    assert v.parsed and not v.valid and v.hresult == "0x80070020" and v.cause == ""
     assert format_hresult(-1) == "0xFFFFFFFF" and format_hresult(6) == "0x00000006"
 
 

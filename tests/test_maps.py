@@ -247,7 +247,7 @@ def test_revoked_leaf(tmp_path, lab_pki, lab_servers):
     outcome = lab.outcome(connect_to=lab.direct_maps() + lab.direct_crls())
     assert outcome.probe.success  # revocation never changes the probe
     assert outcome.revoked is True
-    assert_invalid(outcome, reason=Finding.CERT_REVOKED, cause=Cause.CERT_REVOKED, hresult="0x80072F8A")
+    assert_invalid(outcome, reason=Finding.CERT_REVOKED, cause=Cause.CERT_REVOKED, hresult="0x80072F8F")
     assert format(leaf.serial, "X") in outcome.maps.detail
 
 
@@ -276,7 +276,7 @@ def test_bad_crls(tmp_path, lab_pki, lab_servers, make, reason, words):
     outcome = lab.outcome(connect_to=lab.direct_maps() + lab.direct_crls())
     assert outcome.probe.success
     assert outcome.revoked is False
-    assert_invalid(outcome, reason=reason, cause=Cause.CRL_INVALID, hresult="0x80072F19")
+    assert_invalid(outcome, reason=reason, cause=Cause.CRL_INVALID, hresult="0x80072F8F")
     assert words in outcome.maps.detail
 
 
@@ -367,7 +367,7 @@ def test_revoked_metrics_from_the_exporter(tmp_path, lab_pki, lab_servers):
     assert [s.value for s in by_name["defender_tls_cert_revoked"]] == [1]
     assert [s.value for s in by_name["defender_maps_connection_valid"]] == [0]
     assert [(s.labels["cause"], s.labels["hresult"]) for s in by_name["defender_maps_validation_info"]] == [
-        ("cert_revoked", "0x80072F8A")]
+        ("cert_revoked", "0x80072F8F")]
     reachable = {s.labels["url"]: s.value for s in samples["defender_crl_reachable"]}
     assert reachable == {lab_pki.issuing.crl_url: 1, lab_pki.root.crl_url: 1}
 
@@ -378,6 +378,14 @@ def test_revoked_metrics_from_the_exporter(tmp_path, lab_pki, lab_servers):
 def test_doc_holds_every_row_of_the_verdict_table():
     doc = DOC.read_text()
     for line in render_verdict_table():
+        assert line in doc, f"docs/maps-validation.md lacks the row:\n{line}"
+
+
+def test_doc_holds_every_row_of_the_hresult_table():
+    from exporter.causes import render_hresult_table
+
+    doc = DOC.read_text()
+    for line in render_hresult_table():
         assert line in doc, f"docs/maps-validation.md lacks the row:\n{line}"
 
 

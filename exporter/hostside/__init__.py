@@ -6,6 +6,6 @@ Pure parsers live in ``mpcmdrun``, ``winhttp``, ``registry``, ``signatures``
 and ``mdatp``; ``runner`` runs a command with a deadline and an output cap.
 """
 
-from .collector import HostConfig, HostMaps, HostSnapshot, collect_host, host_metric_families
+from .collector import HostConfig, HostMaps, HostSnapshot, collect_host, emulated_evidence, host_metric_families
 
-__all__ = ["HostConfig", "HostMaps", "HostSnapshot", "collect_host", "host_metric_families"]
+__all__ = ["HostConfig", "HostMaps", "HostSnapshot", "collect_host", "emulated_evidence", "host_metric_families"]

@@ -36,9 +36,10 @@ Exposition produced by ``host_metric_families`` (Windows, no WinHTTP proxy)::
 failure. Its ``reason`` says which tool reported it, since the host tools do
 not tell the probe reasons apart: ``mpcmdrun_failed`` or ``mdatp_failed``.
 ``hresult`` is what MpCmdRun printed (``""`` for mdatp, which prints none);
-``cause`` follows :mod:`exporter.hostside.mpcmdrun` (the article's three hresults
--> ``winhttp_proxy_missing``; else the VERDICT_TABLE row with that hresult; else
-``""``; always ``""`` for mdatp). The MAPS series are absent when the tool could
+``cause`` is :func:`exporter.causes.cause_for` of that hresult (the emulation uses the
+same function), with the evidence at hand: netsh's WinHTTP proxy, and what the caller
+passes in ``evidence`` (the emulation's verdicts; see runtime.py); ``""`` for an hresult
+no row names, always ``""`` for mdatp. The MAPS series are absent when the tool could
 not be run or its output not understood; a host gauge is absent when its
 command failed. ``defender_host_ssl_options`` is 3 when the value is not set
 (the documented default).
@@ -50,12 +51,14 @@ import asyncio
 import dataclasses
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from prometheus_client.core import GaugeMetricFamily
 
 from exporter import metrics
+from exporter.causes import Cause, Evidence
 from exporter.metrics import MetricSpec
 
 from .mdatp import MdatpConnectivity, parse_connectivity_test
@@ -161,8 +164,21 @@ def _maps_from_mdatp(c: MdatpConnectivity) -> HostMaps:
                     reason="" if c.valid else REASON_MDATP, failed_urls=c.failed)
 
 
-async def collect_host(cfg: HostConfig) -> HostSnapshot:
-    """Run the host tools of ``cfg.effective_mode()`` and parse their output."""
+def emulated_evidence(store: Any) -> Evidence:
+    """What the emulation knows now (a ResultStore's latest MAPS outcomes), for the host's hresult:
+    whether a MAPS chain was intercepted, and the commonest cause of the failing emulated verdicts
+    (cause_for uses it only where the host's hresult can mean it)."""
+    outcomes = [o for o in store.latest.values() if o.maps is not None]
+    failing = Counter(o.maps.cause for o in outcomes if not o.maps.valid and o.maps.cause)
+    situation = Cause(failing.most_common(1)[0][0]) if failing else None
+    return Evidence(situation=situation, intercepted=any(o.intercepted for o in outcomes))
+
+
+async def collect_host(cfg: HostConfig, *, evidence: Evidence = Evidence()) -> HostSnapshot:
+    """Run the host tools of ``cfg.effective_mode()`` and parse their output.
+
+    ``evidence``: what the exporter knows besides (the emulation's findings); netsh's
+    WinHTTP proxy is added to it before MpCmdRun's hresult becomes a cause."""
     mode = cfg.effective_mode()
     errors: list[str] = []
 
@@ -196,18 +212,19 @@ async def collect_host(cfg: HostConfig) -> HostSnapshot:
     res = {k: t.result() for k, t in tasks.items()}
 
     fields: dict[str, Any] = {}
-    if ran("mpcmdrun", r := res["mpcmdrun"]):
-        v = parse_validate_maps(r.stdout, r.exit_code)
-        if v.parsed:
-            fields["maps"] = _maps_from_mpcmdrun(v)
-        else:
-            errors.append(f"mpcmdrun: {v.error}")
     if ran("netsh", r := res["netsh"]):
         w = parse_winhttp_proxy(r.stdout)
         if w.parsed:
             fields["winhttp"] = w
+            evidence = dataclasses.replace(evidence, winhttp_proxy=w.configured)
         else:
             errors.append(f"netsh: {w.error}")
+    if ran("mpcmdrun", r := res["mpcmdrun"]):
+        v = parse_validate_maps(r.stdout, r.exit_code, evidence=evidence)
+        if v.parsed:
+            fields["maps"] = _maps_from_mpcmdrun(v)
+        else:
+            errors.append(f"mpcmdrun: {v.error}")
     if ran("reg SSLOptions", r := res["reg SSLOptions"]):
         s = parse_ssl_options(r.stdout, exit_code=r.exit_code, stderr=r.stderr)
         if s.parsed:

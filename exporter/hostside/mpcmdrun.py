@@ -20,18 +20,22 @@ Rules, in order:
 2. A ``ValidateMapsConnection ... (hr=... httpcore=...)`` line means failed; its ``hr``
    is the hresult. ``httpcore=`` and ``httpcode=`` are both accepted, values with or
    without ``0x``, a trailing period or ``**``, CRLF line endings, and a translated
-   sentence (only the ``ValidateMapsConnection`` prefix and ``hr=`` are keyed on).
+   sentence (only the ``ValidateMapsConnection`` prefix and ``hr=`` are keyed on). Without
+   ``hr=``, a bare failure code on that line counts (``ValidateMapsConnection failed
+   (800106BA)``, as Microsoft's MpCmdRun page shows it).
 3. Else a ``MpCmdRun.exe: hr = 0x...`` line with a failure hresult (top bit set).
 4. Else the exit code, when it looks like a failure hresult (Windows returns the
    hresult as exit code: 2147942406 or -2147024890 both mean ``0x80070006``). On
    Linux exit codes are 8 bits, so rule 4 only ever helps on Windows.
 5. Anything else: ``parsed=False`` with an ``error``.
 
-``cause`` is a value of :class:`exporter.causes.Cause` or ``""``:
-the article's three hresults (``ARTICLE_HRESULTS``) give ``winhttp_proxy_missing``;
-any other hresult takes the cause of the first ``VERDICT_TABLE`` row with that
-hresult (inferred, not documented by Microsoft); an hresult found nowhere gives
-``""`` (the cause set is closed, so "unknown" is an empty label rather than a guess).
+``cause`` is a value of :class:`exporter.causes.Cause` or ``""``, from
+:func:`exporter.causes.cause_for`, the same function the emulation uses: the hresult's
+row in ``causes.HRESULTS`` (documented by Microsoft or inferred, each row says), refined
+by the ``Evidence`` the caller has at that moment (the emulation's finding for the same
+hresult, interception seen by the emulation, a WinHTTP proxy shown by netsh). An hresult
+no row names gives ``""`` (the cause set is closed, so "unknown" is an empty label rather
+than a guess).
 """
 
 from __future__ import annotations
@@ -39,10 +43,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from exporter.causes import ARTICLE_HRESULTS, VERDICT_TABLE, Cause
+from exporter.causes import Evidence, cause_for
 
 _SUCCESS = re.compile(r"successfully\s+established\s+a\s+connection\s+to\s+MAPS", re.I)
 _HR = re.compile(r"\bhr\s*=\s*(0x)?([0-9a-f]{1,8})\b", re.I)
+# "ValidateMapsConnection failed (800106BA)", as the MpCmdRun page prints it: a bare code.
+_BARE_HR = re.compile(r"(?:\(\s*(?:0x)?|\b0x)([0-9a-f]{8})\b", re.I)
 _HTTP = re.compile(r"\bhttpco(?:re|de)\s*=\s*(0x[0-9a-f]+|\d+)\b", re.I)
 _TOOL_HR = re.compile(r"^\s*MpCmdRun(?:\.exe)?\s*:\s*hr\s*=\s*(0x)?([0-9a-f]{1,8})\b", re.I)
 
@@ -70,24 +76,20 @@ def format_hresult(value: int) -> str:
     return f"0x{value & 0xFFFFFFFF:08X}"
 
 
-def cause_for_hresult(hresult: str) -> str:
-    """The documented (article) or inferred (VERDICT_TABLE) cause of an hresult, or ``""``."""
+def cause_for_hresult(hresult: str, evidence: Evidence = Evidence()) -> str:
+    """causes.cause_for as a label value: the cause, or ``""`` for an unknown hresult."""
     if not hresult:
         return ""
-    key = hresult.upper().replace("0X", "0x")
-    if key in ARTICLE_HRESULTS:
-        return Cause.WINHTTP_PROXY_MISSING.value
-    for row in VERDICT_TABLE.values():
-        if row.hresult.upper() == key.upper():
-            return Cause(row.cause).value
-    return ""
+    cause = cause_for(hresult, evidence)
+    return "" if cause is None else cause.value
 
 
 def _hr(digits: str) -> str:
     return format_hresult(int(digits, 16))
 
 
-def parse_validate_maps(text: str | None, exit_code: int | None = None) -> MapsValidation:
+def parse_validate_maps(text: str | None, exit_code: int | None = None, *,
+                        evidence: Evidence = Evidence()) -> MapsValidation:
     """Parse the stdout of ``MpCmdRun.exe -ValidateMapsConnection`` and its exit code."""
     if not isinstance(text, str):
         text = ""
@@ -103,27 +105,30 @@ def parse_validate_maps(text: str | None, exit_code: int | None = None) -> MapsV
         if not ln.lower().startswith("validatemapsconnection"):
             continue
         m = _HR.search(ln)
-        if not m:
+        if m:
+            hres = _hr(m.group(2))
+        elif (bare := _BARE_HR.search(ln)) and int(bare.group(1), 16) & 0x80000000:
+            hres = _hr(bare.group(1))
+        else:
             continue
-        hres = _hr(m.group(2))
         h = _HTTP.search(ln)
         if h:
             raw = h.group(1)
             httpcore = int(raw, 16) if raw.lower().startswith("0x") else int(raw)
         return MapsValidation(parsed=True, valid=False, hresult=hres, httpcore=httpcore,
-                              cause=cause_for_hresult(hres), source_of_hresult="line")
+                              cause=cause_for_hresult(hres, evidence), source_of_hresult="line")
 
     for ln in lines:
         m = _TOOL_HR.match(ln)
         if m and int(m.group(2), 16) & 0x80000000:
             hres = _hr(m.group(2))
             return MapsValidation(parsed=True, valid=False, hresult=hres,
-                                  cause=cause_for_hresult(hres), source_of_hresult="tool_line")
+                                  cause=cause_for_hresult(hres, evidence), source_of_hresult="tool_line")
 
     if isinstance(exit_code, int) and not isinstance(exit_code, bool) and exit_code & 0x80000000:
         hres = format_hresult(exit_code)
         return MapsValidation(parsed=True, valid=False, hresult=hres,
-                              cause=cause_for_hresult(hres), source_of_hresult="exit_code")
+                              cause=cause_for_hresult(hres, evidence), source_of_hresult="exit_code")
 
     failed_line = any(ln.lower().startswith("validatemapsconnection") and "fail" in ln.lower()
                       for ln in lines)
