@@ -23,11 +23,13 @@ from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the project's lab (LabPKI)
+sys.path.insert(0, str(ROOT))
 
+from exporter.catalogue import catalogue_groups  # noqa: E402
 from lab.pki import LabPKI, LeafBundle  # noqa: E402
 
 DOMAIN = "bench.lab"
-CATALOGUE_GROUPS = ("maps", "update", "adl", "submission", "crl", "diagnostics")
+CATALOGUE_GROUPS = tuple(catalogue_groups())  # the built-in groups, switched off in bench configs
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

@@ -22,13 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 async def run(args: argparse.Namespace) -> dict:
+    from exporter.catalogue import catalogue_groups
     from exporter.config import parse_config
     from exporter.runtime import Exporter
 
     urls = [f"https://t{i:05d}.bench.lab/" for i in range(args.names)]
     text = "\n".join([
         "interval: 60s", "concurrency: 64", f'connect_to: ["::{args.ip}:"]', f"tls: {{ca_file: {args.ca}}}",
-        "groups:", *[f"  {g}: {{enabled: false}}" for g in ("maps", "update", "adl", "submission", "crl", "diagnostics")],
+        "groups:", *[f"  {g}: {{enabled: false}}" for g in catalogue_groups()],
         "  bench:", "    targets:", *[f'      - "{u}"' for u in urls],
     ])
     exporter = Exporter(parse_config(text))

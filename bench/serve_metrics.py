@@ -31,8 +31,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def _config_text(n: int, interval: float) -> str:
+    from exporter.catalogue import catalogue_groups
+
     lines = [f"interval: {int(interval * 1000)}ms", "timeout: 10s", "groups:"]
-    lines += [f"  {g}: {{enabled: false}}" for g in ("maps", "update", "adl", "submission", "crl", "diagnostics")]
+    lines += [f"  {g}: {{enabled: false}}" for g in catalogue_groups()]
     lines += ["  bench:", "    route: defender", "    targets:"]
     lines += [f'      - "https://t{i:05d}.bench.lab/"' for i in range(n)]
     return "\n".join(lines) + "\n"

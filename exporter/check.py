@@ -57,11 +57,22 @@ def run_check(args: argparse.Namespace) -> int:
     results = asyncio.run(_probe_all(config, jobs, progress=sys.stderr if sys.stderr.isatty() else None))
     ok = all(_job_ok(o) for _, o in results)
     if args.format == "json":
-        json.dump(_as_json(results, ok), sys.stdout, indent=2)
+        document = {**_as_json(results, ok), "connectivity": config.connectivity, "region": config.region}
+        json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
+        sys.stdout.write(f"Catalogue: {_profile_line(config)}\n")
         _print_text(results, sys.stdout)
     return 0 if ok else 1
+
+
+def _profile_line(config) -> str:
+    """Which catalogue the check used, so that a result is read against the right host list."""
+    profile = {"standard": "standard connectivity (the article's hosts)",
+               "streamlined": "streamlined connectivity (*.endpoint.security.microsoft.com)"}[config.connectivity]
+    region = "every region" if config.region == "all" else f"region {config.region}"
+    mirror = f", trust lists from {config.ctl_mirror_url}" if config.ctl_mirror_url else ""
+    return f"{profile}, {region}{mirror}"
 
 
 def _remedy(cause: str) -> str | None:

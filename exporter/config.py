@@ -23,6 +23,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from .catalogue import CONFIG_SOURCE, CONNECTIVITY_PROFILES, REGIONS, builtin_catalogue, catalogue_groups
 from .hostside.collector import MODES as HOST_MODES
 from .hostside.collector import HostConfig
 
@@ -99,6 +100,8 @@ class Target:
     host: str
     port: int
     request_target: str  # path and query, as sent in the request line
+    source: str = CONFIG_SOURCE  # where the entry comes from: `article`, a named Microsoft page, `config`
+    region: str | None = None  # the geography it serves (None: every geography)
 
     @property
     def authority(self) -> str:
@@ -118,6 +121,7 @@ class Group:
     # SHA-256 fingerprints of the roots legitimate chains must end at; empty = no pinning.
     expected_roots: frozenset[bytes] = frozenset()
     validate_maps: bool = False
+    content: str | None = None  # what the endpoint serves, checked on every answer (`ctl`)
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,9 @@ class Config:
     limits: Limits
     groups: tuple[Group, ...]
     host: HostConfig = HostConfig()
+    connectivity: str = "standard"  # the catalogue profile: standard | streamlined
+    region: str = "all"  # the geography the site's endpoints use
+    ctl_mirror_url: str | None = None  # internal mirror of the certificate trust lists
 
     def jobs(self) -> list[ProbeJob]:
         return [
@@ -211,11 +218,6 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     return _build(data, source)
 
 
-def builtin_catalogue() -> dict[str, Any]:
-    text = resources.files("exporter").joinpath("catalogue.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
-
-
 def bundled_root_pems() -> list[bytes]:
     folder = resources.files("exporter").joinpath("roots")
     return [f.read_bytes() for f in sorted(folder.iterdir(), key=lambda f: f.name) if f.name.endswith(".pem")]
@@ -231,9 +233,15 @@ def bundled_root_fingerprints() -> frozenset[bytes]:
 
 # --------------------------------------------------------------------------- validation
 
-_TOP_KEYS = {"interval", "timeout", "concurrency", "routes", "connect_to", "tls", "limits", "groups", "host"}
+_TOP_KEYS = {
+    "interval", "timeout", "concurrency", "routes", "connect_to", "tls", "limits", "groups", "host",
+    "connectivity", "region", "ctl_mirror_url",
+}
 _HOST_KEYS = {"enabled", "interval", "timeout", "mode", "mpcmdrun", "netsh", "reg", "powershell", "mdatp"}
-_GROUP_KEYS = {"description", "route", "interval", "timeout", "enabled", "targets", "expected_roots", "validate_maps"}
+_GROUP_KEYS = {
+    "description", "route", "interval", "timeout", "enabled", "targets", "expected_roots", "validate_maps", "content",
+}
+CONTENT_KINDS = ("ctl",)
 _DURATION_RE = re.compile(
     r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$"
 )
@@ -326,7 +334,12 @@ def _build(data: Any, source: str) -> Config:
     tls = _tls(check, top.get("tls"))
     limits = _limits(check, top.get("limits"))
 
-    catalogue = builtin_catalogue()["groups"]
+    connectivity = _choice(check, top, "connectivity", CONNECTIVITY_PROFILES)
+    region = _choice(check, top, "region", REGIONS)
+    ctl_mirror_url = None
+    if top.get("ctl_mirror_url") is not None:
+        ctl_mirror_url = _target(check, top["ctl_mirror_url"], "ctl_mirror_url").url
+    catalogue = catalogue_groups(connectivity, region, ctl_mirror_url)
     user_groups = top.get("groups") or {}
     if not isinstance(user_groups, dict):
         raise check.fail("groups", f"expected a mapping of group names, got {_describe(user_groups)}")
@@ -348,7 +361,15 @@ def _build(data: Any, source: str) -> Config:
     return Config(
         source=source, interval=interval, timeout=timeout, concurrency=concurrency, routes=routes,
         connect_to=connect_to, tls=tls, limits=limits, groups=tuple(groups), host=_host(check, top.get("host")),
+        connectivity=connectivity, region=region, ctl_mirror_url=ctl_mirror_url,
     )
+
+
+def _choice(check: _Checker, top: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    value = top.get(key, choices[0])
+    if value not in choices:
+        raise check.fail(key, f"expected one of {', '.join(choices)}, got {_describe(value)}")
+    return value
 
 
 def _host(check: _Checker, value: Any) -> HostConfig:
@@ -524,19 +545,26 @@ def _group(
     else:
         roots = frozenset()
     validate_maps = check.boolean(spec.get("validate_maps", name == "maps"), f"{path}.validate_maps")
-    return Group(name, description, tuple(names), g_interval, g_timeout, tuple(targets), roots, validate_maps)
+    content = spec.get("content")
+    if content is not None and content not in CONTENT_KINDS:
+        raise check.fail(f"{path}.content", f"expected one of {', '.join(CONTENT_KINDS)}, got {_describe(content)}")
+    return Group(name, description, tuple(names), g_interval, g_timeout, tuple(targets), roots, validate_maps, content)
 
 
 def _target(check: _Checker, item: Any, path: str) -> Target:
     if isinstance(item, str):
-        url, pattern = item, None
+        url, pattern, source, region = item, None, CONFIG_SOURCE, None
     else:
-        spec = check.mapping(item, path, {"url", "pattern"})
+        spec = check.mapping(item, path, {"url", "pattern", "source", "region"})
         if "url" not in spec:
             raise check.fail(path, "a target needs `url`")
         url, pattern = spec["url"], spec.get("pattern")
         if pattern is not None:
             pattern = check.string(pattern, f"{path}.pattern")
+        source = check.string(spec.get("source", CONFIG_SOURCE), f"{path}.source")
+        region = spec.get("region")
+        if region is not None and (region not in REGIONS or region == "all"):
+            raise check.fail(f"{path}.region", f"expected one of {', '.join(REGIONS[1:])}, got {_describe(region)}")
     url_path = f"{path}.url" if not isinstance(item, str) else path
     url = check.string(url, url_path)
     expected = "expected an http:// or https:// URL with a host name"
@@ -556,7 +584,7 @@ def _target(check: _Checker, item: Any, path: str) -> Target:
         raise check.fail(url_path, f"{host!r} is not a valid host name")
     port = port or (443 if parts.scheme == "https" else 80)
     request_target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return Target(url, pattern or url, parts.scheme, host, port, request_target)
+    return Target(url, pattern or url, parts.scheme, host, port, request_target, source, region)
 
 
 def _valid_host(host: str) -> bool:

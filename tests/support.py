@@ -19,7 +19,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from exporter.config import Config, load_config
 from exporter.state import Outcome
 
-CATALOGUE_GROUPS = ("maps", "update", "adl", "submission", "crl", "diagnostics")
+from exporter.catalogue import catalogue_groups
+
+CATALOGUE_GROUPS = tuple(catalogue_groups())  # the built-in groups, which lab configs switch off
 
 
 def recv_head(sock) -> bytes:

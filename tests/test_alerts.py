@@ -178,7 +178,9 @@ def test_revocation_alert_names_the_article_hresults_and_remedy():
 def test_label_values_in_rules_belong_to_the_contract():
     from exporter.causes import Cause
     from exporter.reasons import Reason
-    groups = {"maps", "update", "adl", "submission", "crl", "diagnostics"}
+    from exporter.catalogue import builtin_catalogue
+    catalogue = builtin_catalogue()
+    groups = set(catalogue["groups"]) | {g for profile in catalogue["profiles"].values() for g in profile}
     for rule in ALERTS + _records():
         expr = rule["expr"]
         for value in re.findall(r'\breason="([^"]+)"', expr):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import builtin_catalogue, load_config
+from exporter.catalogue import builtin_catalogue, catalogue_groups
+from exporter.config import load_config
 
 SUBMISSION_HOSTS = [
     f"{name}.blob.core.windows.net"
@@ -28,8 +29,10 @@ SUBMISSION_HOSTS = [
 
 PUBLISHED: dict[str, list[str]] = {
     "maps": ["*.wdcp.microsoft.com", "*.wdcpalt.microsoft.com", "*.wd.microsoft.com"],
-    "update": ["*.update.microsoft.com", "*.delivery.mp.microsoft.com", "*.windowsupdate.com",
-               "ctldl.windowsupdate.com"],
+    "update": ["*.update.microsoft.com", "*.delivery.mp.microsoft.com", "*.windowsupdate.com"],
+    # The article lists ctldl.windowsupdate.com in the Microsoft Update row; what is fetched
+    # there is the certificate trust lists, probed as CryptoAPI fetches them (group ctl).
+    "ctl": ["ctldl.windowsupdate.com"],
     "adl": [
         "*.download.microsoft.com",
         "*.download.windowsupdate.com",
@@ -54,7 +57,8 @@ ARTICLE = Path(__file__).resolve().parents[2] / "shared/reference/seed-defender-
 
 
 def _patterns(group: str) -> set[str]:
-    return {t["pattern"] for t in builtin_catalogue()["groups"][group]["targets"]}
+    """The patterns of the standard profile's entries that cite the article."""
+    return {t["pattern"] for t in catalogue_groups()[group]["targets"] if t["source"] == "article"}
 
 
 @pytest.mark.parametrize("group", list(PUBLISHED))
@@ -66,6 +70,7 @@ def test_counts_match_the_article():
     assert len(PUBLISHED["submission"]) == 20 and _patterns("submission") == set(SUBMISSION_HOSTS)
     assert len(_patterns("crl")) == 4
     assert sum(len(v) for v in PUBLISHED.values()) == 3 + 4 + 6 + 20 + 4 + 2
+    assert not set(catalogue_groups()) - set(PUBLISHED) - {"revocation"}, "a new group cites the article?"
 
 
 def test_no_entry_is_invented():
@@ -98,12 +103,16 @@ def test_port_80_required_entries_are_probed_on_80_and_443():
         assert hosts_80 == hosts_443, f"{pattern}: every host on 80 also on 443"
 
 
-def test_crl_urls_are_plain_http_on_the_system_route():
+SYSTEM_ROUTE_GROUPS = ("crl", "ctl", "revocation")  # what the OS's certificate engine fetches
+
+
+def test_certificate_engine_fetches_are_plain_http_on_the_system_route():
     config = load_config(None)
-    crl = config.group("crl")
-    assert crl.routes == ("system",)
-    assert all(t.scheme == "http" and t.port == 80 for t in crl.targets)
-    assert all(g.routes == ("defender",) for g in config.groups if g.name != "crl")
+    for name in SYSTEM_ROUTE_GROUPS:
+        group = config.group(name)
+        assert group.routes == ("system",), name
+        assert all(t.scheme == "http" and t.port == 80 for t in group.targets), name
+    assert all(g.routes == ("defender",) for g in config.groups if g.name not in SYSTEM_ROUTE_GROUPS)
 
 
 def test_maps_and_submission_are_pinned_by_default():
@@ -127,3 +136,99 @@ def test_transcription_matches_the_article_text():
         and re.search(r"microsoft\.com|windows\.net|windowsupdate\.com", line)
     }
     assert table_lines == published
+
+
+# ----------------------------------------------------------------- profiles, regions, sources, docs
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "catalogue.md"
+
+
+def _doc_rows() -> list[dict[str, str]]:
+    columns = ["profile", "group", "pattern", "urls", "source", "route", "protocol", "region", "why"]
+    rows = []
+    for line in DOC.read_text(encoding="utf-8").splitlines():
+        if line.startswith("| standard |") or line.startswith("| streamlined |"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            assert len(cells) == len(columns), line
+            rows.append(dict(zip(columns, cells)))
+    return rows
+
+
+def _data_rows() -> set[tuple[str, ...]]:
+    """(profile, group, url, pattern, source, route, protocol, region) for every catalogue entry."""
+    out = set()
+    for profile in ("standard", "streamlined"):
+        groups = catalogue_groups(profile)
+        names = groups if profile == "standard" else builtin_catalogue()["profiles"][profile]
+        for name in names:
+            spec = groups[name]
+            protocol_suffix = f", content `{spec['content']}`" if spec.get("content") else ""
+            for t in spec["targets"]:
+                protocol = ("HTTP" if t["url"].startswith("http:") else "HTTPS") + protocol_suffix
+                out.add((profile, name, t["url"], t["pattern"], t["source"], spec.get("route", "defender"),
+                         protocol, t.get("region", "all")))
+    return out
+
+
+def test_the_catalogue_doc_has_one_row_for_every_entry_and_agrees_with_the_data():
+    documented = set()
+    for row in _doc_rows():
+        assert row["why"], f"{row['pattern']}: say why"
+        for url in re.findall(r"`([^`]+)`", row["urls"]):
+            documented.add((row["profile"], row["group"], url, row["pattern"].strip("`"), row["source"],
+                            row["route"], row["protocol"], row["region"]))
+    assert documented == _data_rows()
+
+
+def test_every_source_is_named_and_documented():
+    from exporter.catalogue import source_urls
+    doc = DOC.read_text(encoding="utf-8")
+    used = {t[4] for t in _data_rows()}
+    assert used <= set(source_urls()), used - set(source_urls())
+    for source in source_urls():
+        assert f"| `{source}` |" in doc, f"docs/catalogue.md: the Sources table lacks {source}"
+
+
+def test_streamlined_profile_replaces_maps_and_submission_and_keeps_the_rest():
+    from exporter.config import parse_config
+    standard, streamlined = load_config(None), parse_config("connectivity: streamlined\n")
+    assert [g.name for g in standard.groups] == [g.name for g in streamlined.groups]
+    for name in ("maps", "submission"):
+        hosts = {t.host for t in streamlined.group(name).targets}
+        assert hosts and all(h.endswith(".endpoint.security.microsoft.com") for h in hosts), hosts
+    assert streamlined.group("maps").validate_maps and streamlined.group("maps").expected_roots
+    for name in ("update", "adl", "crl", "ctl", "revocation", "diagnostics"):
+        assert streamlined.group(name) == standard.group(name)
+    assert streamlined.connectivity == "streamlined"
+
+
+@pytest.mark.parametrize("region", ["us", "eu", "uk", "au"])
+@pytest.mark.parametrize("profile", ["standard", "streamlined"])
+def test_a_region_keeps_its_own_and_the_global_targets(profile, region):
+    from exporter.config import parse_config
+    everything = parse_config(f"connectivity: {profile}\n")
+    narrowed = parse_config(f"connectivity: {profile}\nregion: {region}\n")
+    for group in everything.groups:
+        kept = {t.url for t in narrowed.group(group.name).targets}
+        expected = {t.url for t in group.targets if t.region in (None, region)}
+        assert kept == expected, group.name
+    maps = narrowed.group("maps").targets
+    assert any(t.region == region for t in maps), "every geography has a MAPS front end"
+    assert not any(t.region not in (None, region) for g in narrowed.groups for t in g.targets)
+
+
+def test_the_ctl_mirror_replaces_microsofts_trust_list_urls():
+    from exporter.config import parse_config
+    config = parse_config("ctl_mirror_url: http://pki.corp.example/ctl/\n")
+    urls = [t.url for t in config.group("ctl").targets]
+    assert urls == [f"http://pki.corp.example/ctl/{n}stl.cab" for n in ("authroot", "disallowedcert", "pinrules")]
+    assert {t.source for t in config.group("ctl").targets} == {"config"}
+    assert config.group("ctl").routes == ("system",) and config.group("ctl").content == "ctl"
+
+
+def test_catalogue_entries_carry_their_source_and_user_targets_say_config():
+    from exporter.config import parse_config
+    config = parse_config("groups: {intranet: {targets: ['https://wsus.corp.example/']}}\n")
+    assert {t.source for t in config.group("maps").targets} == {"article"}
+    assert {t.source for t in config.group("revocation").targets} <= {"azure-ca-details", "microsoft-tls-g2-chain"}
+    assert [t.source for t in config.group("intranet").targets] == ["config"]

@@ -67,6 +67,7 @@ def test_all_pass_exit_0_and_mpcmdrun_words(maps_lab):
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert re.search(r"^maps: Cloud-delivered protection", out, re.MULTILINE)
+    assert out.startswith("Catalogue: standard connectivity (the article's hosts), every region\n")
     assert re.search(r"RESULT\s+LATENCY\s+TARGET\s+ROUTE\s+REASON", out)
     assert re.search(r"^\s+ok\s+[\d.]+ms\s+https://wdcp\.microsoft\.com/\s+defender\s+HTTP 200", out, re.MULTILINE)
     assert OK_LINE in out
@@ -192,3 +193,25 @@ def test_progress_only_on_a_terminal(maps_lab):
     assert proc.returncode == 0
     assert b"probing: 1/1 done" in b"".join(chunks)
     assert b"probing" not in stdout
+
+
+def test_streamlined_profile_validates_the_tenant_geographys_mdav_host(tmp_path, lab_pki, lab_servers):
+    """`connectivity: streamlined` + `region: eu`: the only MAPS target is mdav.eu..., judged as MAPS."""
+    host = "mdav.eu.endpoint.security.microsoft.com"
+    maps = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_leaf(host))
+    by_host: dict[str, dict[str, bytes]] = {}
+    for url, data in lab_pki.published_files().items():
+        parts = urlsplit(url)
+        by_host.setdefault(parts.hostname, {})[parts.path] = data
+    connect_to = [maps.connect_to(host, 443)]
+    connect_to += [lab_servers.serve(Files(paths), port=80).connect_to(h, 80) for h, paths in by_host.items()]
+    config = lab_config(tmp_path, {"maps": {"expected_roots": [root_fingerprint(lab_pki)]}}, connect_to=connect_to,
+                        ca_file=lab_pki.ca_bundle_path, extra={"connectivity": "streamlined", "region": "eu"})
+    result = run_check("--config.file", str(config), "--format", "json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert (data["connectivity"], data["region"]) == ("streamlined", "eu")
+    (verdict,) = data["maps"]
+    assert verdict["target"] == f"https://{host}/mdav/test" and verdict["valid"] is True
+    text = run_check("--config.file", str(config)).stdout
+    assert text.startswith("Catalogue: streamlined connectivity (*.endpoint.security.microsoft.com), region eu\n")

@@ -49,7 +49,9 @@ def test_defaults_without_a_file():
     assert all(r.proxy is None for r in config.routes.values())
     assert config.tls.ssl_options == 3 and config.tls.pinning and config.tls.revocation
     assert not config.host.enabled
-    assert [g.name for g in config.groups] == ["maps", "update", "adl", "submission", "crl", "diagnostics"]
+    assert [g.name for g in config.groups] == [
+        "maps", "update", "adl", "submission", "crl", "diagnostics", "ctl", "revocation",
+    ]
 
 
 def test_empty_file_is_the_built_in_catalogue(tmp_path):

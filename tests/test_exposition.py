@@ -12,7 +12,7 @@ import zlib
 
 from lab.servers import Ok, refused_address
 from prometheus_client import generate_latest
-from support import ExporterThread, lab_config
+from support import CATALOGUE_GROUPS, ExporterThread, lab_config
 
 from conftest import free_port
 
@@ -89,7 +89,7 @@ def test_cached_exposition_follows_reloads_that_add_remove_and_reorder_jobs():
 
     def config(urls):
         lines = ["interval: 60s", "groups:"]
-        lines += [f"  {g}: {{enabled: false}}" for g in ("update", "adl", "submission", "crl", "diagnostics")]
+        lines += [f"  {g}: {{enabled: false}}" for g in CATALOGUE_GROUPS if g != "maps"]
         lines += ["  maps:", "    targets:"] + [f'      - "{u}"' for u in urls]
         return parse_config("\n".join(lines) + "\n")
 

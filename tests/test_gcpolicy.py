@@ -8,6 +8,7 @@ import time
 import weakref
 
 from exporter.gcpolicy import FullCollections
+from support import CATALOGUE_GROUPS
 
 
 class _Node:
@@ -68,9 +69,8 @@ def test_a_due_full_collection_runs_after_a_scrape_not_before(tmp_path):
     seen = {}
 
     async def main() -> None:
-        exporter = Exporter(parse_config("groups: {maps: {enabled: false}, update: {enabled: false}, "
-                                         "adl: {enabled: false}, submission: {enabled: false}, "
-                                         "crl: {enabled: false}, diagnostics: {enabled: false}}\n"))
+        off = ", ".join(f"{g}: {{enabled: false}}" for g in CATALOGUE_GROUPS)
+        exporter = Exporter(parse_config(f"groups: {{{off}}}\n"))
         runner = aioweb.AppRunner(web.make_app(exporter))
         await runner.setup()
         port = free_port()
