@@ -13,9 +13,10 @@ cd "$(dirname "$0")/.."
 # Debian packages the lab uses: Squid (proxy routes), mitmproxy (a real TLS-inspecting
 # proxy), Prometheus + promtool and Alertmanager (rules, e2e alerting), Chromium + driver
 # (status page), iproute2 and util-linux (network namespaces for the built-in catalogue run),
-# python3-venv (the project's virtual environment).
+# python3-venv (the project's virtual environment), gcab + osslsigncode + cabextract
+# (certificate trust list cabinets, packed, signed and checked by real tools).
 packages=(squid mitmproxy prometheus prometheus-alertmanager chromium chromium-driver iproute2 util-linux
-          ca-certificates python3-venv)
+          ca-certificates python3-venv gcab osslsigncode cabextract)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
