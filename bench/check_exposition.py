@@ -1,4 +1,4 @@
-"""Checks render_exposition() against generate_latest() byte for byte, plain
+"""Checks DefenderCollector.render_exposition() against generate_latest() byte for byte, plain
 and gzip, on a store filled by real probes (nginx lab) and by made-up failures
 with MAPS verdicts, and times both at a given number of targets.
 
@@ -38,7 +38,7 @@ async def main(args: argparse.Namespace) -> int:
         jobs = exporter.config.jobs()
         collector = exporter.collector
         # A first render before any result; then results arrive through the listeners.
-        assert collector.render_exposition() == generate_latest(exporter.registry), "empty store differs"
+        assert collector.render_exposition() == generate_latest(exporter.collector), "empty store differs"
         sem = asyncio.Semaphore(50)
 
         async def one(job):
@@ -55,7 +55,7 @@ async def main(args: argparse.Namespace) -> int:
             exporter.store.record(job, Outcome(probe, revoked=bool(i % 2), intercepted=True, maps=verdict))
         for _ in range(2):
             t = time.perf_counter()
-            reference = generate_latest(exporter.registry)
+            reference = generate_latest(exporter.collector)
             t_ref = time.perf_counter() - t
             t = time.perf_counter()
             ours = collector.render_exposition()

@@ -1,7 +1,7 @@
 """MAPS verdicts: the findings, the causes, the hresults and the remedies.
 
 Part of the public contract (the `reason`, `hresult` and `cause` labels of
-defender_maps_validation_info). Two tables, used by the emulation
+MAPS_VALIDATION_INFO in metrics.py). Two tables, used by the emulation
 (assess.py), the `check` command and the host-side parsers alike:
 
 - HRESULTS: every hresult MpCmdRun -ValidateMapsConnection is known to print

@@ -259,7 +259,7 @@ class CRLCache:
         return known
 
     def document_valid(self, url: str, now: float) -> bool:
-        """For defender_crl_valid: the last answer was a CRL, within the cap, signed
+        """For CRL_VALID (metrics.py): the last answer was a CRL, within the cap, signed
         by its issuer (as far as a chain has shown us the issuer) and not stale."""
         latest = [c for (u, _), c in self.checks.items() if u == url and c.reachable]
         if any(c.invalid_body for c in latest):

@@ -3,6 +3,15 @@
 This module is the single source of truth for the exposition; the collector,
 the README's metrics table (a test compares them), the alert rules and the
 dashboards all use these names. Change them only on purpose.
+
+A metric name is written here and nowhere else in exporter/. To add a metric:
+add its MetricSpec below (a family is exposed in the order of this module),
+then yield its samples, ``(SPEC, label values in the spec's order, value)``,
+where the value is known: collector.target_samples() for a per-target series
+(labels starting with TARGET_LABELS: cached per job, and on /probe), or
+DefenderCollector.live_samples() for everything else; the host collectors'
+in hostside.host_samples(). No renderer changes: exposition.py writes every
+family from its spec. Then the README's metrics table and CHANGELOG.md.
 """
 
 from __future__ import annotations
@@ -28,10 +37,18 @@ class MetricSpec:
     type: str  # gauge | counter | histogram
     help: str
     labels: tuple[str, ...] = ()
+    # False: HELP and TYPE are written only while the family has samples (the
+    # optional host collectors' gauges); True: always, as prometheus_client does.
+    always_shown: bool = True
+
+    @property
+    def per_target(self) -> bool:
+        return self.labels[:len(TARGET_LABELS)] == TARGET_LABELS
 
 
-def _spec(name: str, type_: str, help_: str, labels: tuple[str, ...] = ()) -> MetricSpec:
-    return MetricSpec(name, type_, help_, labels)
+def _spec(name: str, type_: str, help_: str, labels: tuple[str, ...] = (), *,
+          always_shown: bool = True) -> MetricSpec:
+    return MetricSpec(name, type_, help_, labels, always_shown)
 
 
 # --- per target -------------------------------------------------------------
@@ -123,13 +140,13 @@ CRL_SIZE = _spec("defender_crl_size_bytes", "gauge", "Size of the cached CRL.", 
 # --- host side (optional collectors) -----------------------------------------
 HOST_WINHTTP_PROXY_CONFIGURED = _spec(
     "defender_host_winhttp_proxy_configured", "gauge",
-    "1 if `netsh winhttp show proxy` shows a system-wide WinHTTP proxy.", ())
+    "1 if `netsh winhttp show proxy` shows a system-wide WinHTTP proxy.", (), always_shown=False)
 HOST_SSL_OPTIONS = _spec(
     "defender_host_ssl_options", "gauge",
-    "The Spynet SSLOptions registry value (3 = pinning and revocation checks on).", ())
+    "The Spynet SSLOptions registry value (3 = pinning and revocation checks on).", (), always_shown=False)
 HOST_SIGNATURE_AGE = _spec(
     "defender_host_signature_age_days", "gauge",
-    "Age of the installed security intelligence in days (AntivirusSignatureAge).", ())
+    "Age of the installed security intelligence in days (AntivirusSignatureAge).", (), always_shown=False)
 
 # --- the exporter itself -------------------------------------------------------
 BUILD_INFO = _spec(
@@ -148,3 +165,6 @@ CONFIG_RELOAD_TIMESTAMP = _spec(
     "Unix time of the last successful configuration load or reload.")
 
 ALL: tuple[MetricSpec, ...] = tuple(v for v in globals().values() if isinstance(v, MetricSpec))
+# The families with a series per job (labels start with TARGET_LABELS): the
+# exposition cache keeps their lines per job; /probe answers with them.
+TARGET_FAMILIES: tuple[MetricSpec, ...] = tuple(spec for spec in ALL if spec.per_target)

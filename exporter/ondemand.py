@@ -16,10 +16,9 @@ probes are rate limited (ProbeLimits):
 A refusal is 429 with Retry-After (whole seconds). The result is not written
 into the exporter's store: /metrics keeps showing the scheduler's results.
 
-The answer is the target's metric families in the exposition format, e.g.
-
-    defender_probe_success{group="maps",target="https://wdcp.microsoft.com/",route="defender"} 1
-    defender_probe_phase_duration_seconds{...,phase="tls"} 0.0123
+The answer is the target's metric families (metrics.TARGET_FAMILIES) in the
+exposition format, as /metrics shows them for that job, from the same samples
+(collector.target_samples).
 
 With debug=true it is a plain-text log of every phase (see render_debug).
 """
@@ -33,15 +32,13 @@ from dataclasses import dataclass, field
 from typing import Iterator
 from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.registry import Collector
-
 from .causes import REMEDIES, Cause
-from .collector import DefenderCollector
+from .exposition import render as render_samples
+from . import metrics as m
+from .collector import target_samples
 from .config import Config, ProbeJob
-from .metrics import CACHED
 from .reasons import REASON_DESCRIPTIONS, Reason
-from .state import Outcome, ResultStore
+from .state import JobStats, Outcome
 
 # Over the group's timeout: CRL and AIA fetches of the assessment take their own time.
 ASSESS_MARGIN = 5.0
@@ -199,24 +196,14 @@ async def run(exporter, job: ProbeJob) -> OnDemandProbe:
     return result
 
 
-class _OneJob(Collector):
-    def __init__(self, store: ResultStore):
-        self._collector = DefenderCollector(store)
-
-    def collect(self) -> Iterator:
-        yield from self._collector.collect_targets()
-
-
 def exposition(probe: OnDemandProbe) -> bytes:
     """The same families as /metrics, for this one job (counters count this one probe)."""
-    store = ResultStore()
-    store.set_jobs([probe.job])
+    stats = JobStats()
     if probe.outcome is not None:
-        store.record(probe.job, probe.outcome)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_OneJob(store))
+        stats = JobStats(successes=int(probe.outcome.probe.success), failures=int(not probe.outcome.probe.success))
+    text = render_samples(target_samples(probe.job, stats, probe.outcome), m.TARGET_FAMILIES)
     # The HELP texts speak of /metrics, whose values come from the scheduler; these were measured now.
-    return generate_latest(registry).replace(CACHED.strip().encode(), b"Measured now by /probe.")
+    return text.replace(m.CACHED.strip(), "Measured now by /probe.").encode()
 
 
 # --------------------------------------------------------------------------- debug text

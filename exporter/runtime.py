@@ -1,4 +1,4 @@
-"""The running exporter: config, store, scheduler and registry, with reload.
+"""The running exporter: config, store, scheduler and collector, with reload.
 
 One object owns the lifecycle (start, reload, stop) so that the CLI, the web
 app and the tests drive it the same way.
@@ -12,10 +12,8 @@ import ssl
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
-
 from .assess import Assessor
-from .collector import DefenderCollector, exposition_cache
+from .collector import DefenderCollector
 from .config import Config, ConfigError, load_config
 from .hostside import HostConfig, collect_host, emulated_evidence
 from .webconfig import WebConfig, WebConfigError, load_web_config
@@ -41,11 +39,7 @@ class Exporter:
         self.scheduler = Scheduler(self.store, self.env, config.jobs(), concurrency=config.concurrency,
                                    runner=self._run_job)
         self.store.mark_reload(True)
-        self.registry = CollectorRegistry(auto_describe=False)
         self.collector = DefenderCollector(self.store, crl_cache=self.assessor.crl_cache)
-        self.registry.register(self.collector)
-        # Render each target's fragment as its results arrive, not all at the first scrape.
-        exposition_cache(self.store)
         self._task: asyncio.Task | None = None
         self._host_task: asyncio.Task | None = None
         self._reload_lock = asyncio.Lock()

@@ -43,7 +43,7 @@ def test_cached_exposition_matches_prometheus_client_and_gzip_is_one_member(tmp_
         # Compare within one moment of the store: render both on the exporter's loop.
         cached, reference = exporter.call(lambda: (
             b"".join(exporter.exporter.collector.iter_exposition(gzip=False)),
-            generate_latest(exporter.exporter.registry)))
+            generate_latest(exporter.exporter.collector)))
         plain, encoding = _fetch(port, accept_gzip=False)
         packed, packed_encoding = _fetch(port, accept_gzip=True)
         curl = shutil.which("curl")
@@ -94,7 +94,7 @@ def test_cached_exposition_follows_reloads_that_add_remove_and_reorder_jobs():
         return parse_config("\n".join(lines) + "\n")
 
     def check(exporter):
-        reference = generate_latest(exporter.registry)
+        reference = generate_latest(exporter.collector)
         assert exporter.collector.render_exposition() == reference
         assert gzip.decompress(exporter.collector.render_exposition(gzip=True)) == reference
         return reference.decode()
@@ -123,3 +123,21 @@ def test_cached_exposition_follows_reloads_that_add_remove_and_reorder_jobs():
     final = check(exporter)
     assert 'defender_probe_success{group="maps",route="defender",target="https://t3.wd.microsoft.com/"} 1.0' in final
     assert final.count("defender_probe_latency_seconds_count{") == 1  # one (group, route)
+
+
+def test_every_metric_name_is_written_once_in_the_code_its_spec():
+    """A new metric is a spec in metrics.py plus its samples: no renderer, no
+    second spelling of its name anywhere else in exporter/."""
+    import re
+    from pathlib import Path
+
+    from exporter import metrics
+
+    root = Path(metrics.__file__).parent
+    sources = {path: path.read_text() for path in root.rglob("*.py")}
+    for spec in metrics.ALL:
+        pattern = re.compile(rf"\b{re.escape(spec.name)}\b")
+        places = {path.relative_to(root).as_posix(): len(pattern.findall(text)) for path, text in sources.items()}
+        places = {path: n for path, n in places.items() if n}
+        # (metrics.py may name a metric in another one's help text.)
+        assert set(places) == {"metrics.py"}, f"{spec.name} is written in {places}"

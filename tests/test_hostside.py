@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
 
 from exporter.causes import ARTICLE_HRESULTS, Cause
-from exporter.hostside import HostConfig, HostSnapshot, collect_host, host_metric_families
+from exporter.hostside import HostConfig, HostSnapshot, collect_host, host_samples
 from exporter.hostside.collector import HostMaps, MDATP_TARGET, MPCMDRUN_TARGET
 from exporter.hostside.mdatp import parse_connectivity_test
 from exporter.hostside.mpcmdrun import cause_for_hresult, format_hresult, parse_validate_maps
@@ -297,8 +298,13 @@ class _Fixed:
 
 
 def registry_of(snapshot: HostSnapshot) -> CollectorRegistry:
+    """The snapshot's samples as families (only those with samples)."""
+    families: dict[str, GaugeMetricFamily] = {}
+    for spec, values, value in host_samples(snapshot):
+        family = families.setdefault(spec.name, GaugeMetricFamily(spec.name, spec.help, labels=spec.labels))
+        family.add_metric(list(values), value)
     reg = CollectorRegistry()
-    reg.register(_Fixed(host_metric_families(snapshot)))
+    reg.register(_Fixed(list(families.values())))
     return reg
 
 
@@ -372,7 +378,7 @@ def test_collect_windows_garbage(standin_path, monkeypatch):
     snap = asyncio.run(collect_host(windows_cfg()))
     assert {e.split(":")[0] for e in snap.errors} == {"mpcmdrun", "netsh", "reg SSLOptions",
                                                       "reg ProxyServer", "powershell"}
-    assert host_metric_families(snap) == []
+    assert host_samples(snap) == []
 
 
 def test_collect_mdatp(standin_path, monkeypatch):
@@ -400,7 +406,7 @@ def test_collect_mdatp_missing_and_hang(standin_path, monkeypatch):
     monkeypatch.setenv("STANDIN_SCENARIO", "hang")
     snap = asyncio.run(collect_host(HostConfig(mode="mdatp", timeout=1)))
     assert snap.errors == ("mdatp: timed out after 1s",)
-    assert host_metric_families(snap) == [] and host_metric_families(None) == []
+    assert host_samples(snap) == [] and host_samples(None) == []
 
 
 @posix_only

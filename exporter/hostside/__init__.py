@@ -1,11 +1,11 @@
 """Optional host-side collectors (off by default): Defender's own tools on this machine.
 
 Public API (see :mod:`exporter.hostside.collector`): :class:`HostConfig`,
-:class:`HostSnapshot`, :func:`collect_host`, :func:`host_metric_families`.
+:class:`HostSnapshot`, :func:`collect_host`, :func:`host_samples`.
 Pure parsers live in ``mpcmdrun``, ``winhttp``, ``registry``, ``signatures``
 and ``mdatp``; ``runner`` runs a command with a deadline and an output cap.
 """
 
-from .collector import HostConfig, HostMaps, HostSnapshot, collect_host, emulated_evidence, host_metric_families
+from .collector import HostConfig, HostMaps, HostSnapshot, collect_host, emulated_evidence, host_samples
 
-__all__ = ["HostConfig", "HostMaps", "HostSnapshot", "collect_host", "emulated_evidence", "host_metric_families"]
+__all__ = ["HostConfig", "HostMaps", "HostSnapshot", "collect_host", "emulated_evidence", "host_samples"]

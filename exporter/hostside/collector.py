@@ -16,7 +16,7 @@ API::
 
     cfg = HostConfig(enabled=True)                  # or HostConfig.from_mapping(yaml["host"])
     snapshot = await collect_host(cfg)              # never raises for a tool's sake
-    families = host_metric_families(snapshot)       # no I/O; call on every scrape
+    samples = host_samples(snapshot)                # no I/O; call on every scrape
 
 ``collect_host`` ignores ``enabled``: the scheduler decides whether and every
 ``interval`` seconds when to call it. ``timeout`` bounds every command (they run
@@ -24,15 +24,15 @@ in parallel, so also the whole collection). Whatever could not be run or parsed
 is listed in ``snapshot.errors`` (``"netsh: not found: netsh"``,
 ``"mpcmdrun: timed out after 120s"``) and the matching series are left out.
 
-Exposition produced by ``host_metric_families`` (Windows, no WinHTTP proxy)::
+The series of ``host_samples`` (specs of exporter.metrics; Windows, no WinHTTP proxy)::
 
-    defender_maps_connection_valid{group="maps",target="MpCmdRun -ValidateMapsConnection",route="defender",source="mpcmdrun"} 0.0
-    defender_maps_validation_info{group="maps",target="MpCmdRun -ValidateMapsConnection",route="defender",source="mpcmdrun",hresult="0x80072F8F",cause="winhttp_proxy_missing",reason="mpcmdrun_failed"} 1.0
-    defender_host_winhttp_proxy_configured 0.0
-    defender_host_ssl_options 3.0
-    defender_host_signature_age_days 2.0
+    MAPS_CONNECTION_VALID{group="maps",target="MpCmdRun -ValidateMapsConnection",route="defender",source="mpcmdrun"} 0.0
+    MAPS_VALIDATION_INFO{group="maps",target="MpCmdRun -ValidateMapsConnection",route="defender",source="mpcmdrun",hresult="0x80072F8F",cause="winhttp_proxy_missing",reason="mpcmdrun_failed"} 1.0
+    HOST_WINHTTP_PROXY_CONFIGURED 0.0
+    HOST_SSL_OPTIONS 3.0
+    HOST_SIGNATURE_AGE 2.0
 
-``defender_maps_validation_info`` is present only while the tool reports a
+MAPS_VALIDATION_INFO is present only while the tool reports a
 failure. Its ``reason`` says which tool reported it, since the host tools do
 not tell the probe reasons apart: ``mpcmdrun_failed`` or ``mdatp_failed``.
 ``hresult`` is what MpCmdRun printed (``""`` for mdatp, which prints none);
@@ -41,7 +41,7 @@ same function), with the evidence at hand: netsh's WinHTTP proxy, and what the c
 passes in ``evidence`` (the emulation's verdicts; see runtime.py); ``""`` for an hresult
 no row names, always ``""`` for mdatp. The MAPS series are absent when the tool could
 not be run or its output not understood; a host gauge is absent when its
-command failed. ``defender_host_ssl_options`` is 3 when the value is not set
+command failed. HOST_SSL_OPTIONS is 3 when the value is not set
 (the documented default).
 """
 
@@ -54,8 +54,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping
-
-from prometheus_client.core import GaugeMetricFamily
 
 from exporter import metrics
 from exporter.causes import Cause, Evidence
@@ -246,36 +244,23 @@ async def collect_host(cfg: HostConfig, *, evidence: Evidence = Evidence()) -> H
     return HostSnapshot(mode=mode, taken_at=time.time(), errors=tuple(errors), **fields)
 
 
-def _gauge(spec: MetricSpec, labels: tuple[str, ...] | None = None) -> GaugeMetricFamily:
-    assert spec.type == "gauge", spec.name
-    return GaugeMetricFamily(spec.name, spec.help, labels=list(spec.labels if labels is None else labels))
-
-
-def host_metric_families(snapshot: HostSnapshot | None) -> list[GaugeMetricFamily]:
-    """Metric families for one snapshot (see the module docstring); no I/O."""
+def host_samples(snapshot: HostSnapshot | None) -> list[tuple[MetricSpec, tuple[str, ...], float]]:
+    """The samples of one snapshot, as ``(spec, label values, value)`` (see the
+    module docstring); no I/O. The MAPS verdict joins the families of the
+    probed targets' verdicts."""
     if snapshot is None:
         return []
-    out: list[GaugeMetricFamily] = []
+    out: list[tuple[MetricSpec, tuple[str, ...], float]] = []
     m = snapshot.maps
     if m is not None:
-        base = ["maps", m.target, "defender", m.source]
-        valid = _gauge(metrics.MAPS_CONNECTION_VALID)
-        valid.add_metric(base, 1.0 if m.valid else 0.0)
-        out.append(valid)
+        base = ("maps", m.target, "defender", m.source)
+        out.append((metrics.MAPS_CONNECTION_VALID, base, 1.0 if m.valid else 0.0))
         if not m.valid:
-            info = _gauge(metrics.MAPS_VALIDATION_INFO)
-            info.add_metric(base + [m.hresult, m.cause, m.reason], 1.0)
-            out.append(info)
+            out.append((metrics.MAPS_VALIDATION_INFO, base + (m.hresult, m.cause, m.reason), 1.0))
     if snapshot.winhttp is not None:
-        g = _gauge(metrics.HOST_WINHTTP_PROXY_CONFIGURED)
-        g.add_metric([], 1.0 if snapshot.winhttp.configured else 0.0)
-        out.append(g)
+        out.append((metrics.HOST_WINHTTP_PROXY_CONFIGURED, (), 1.0 if snapshot.winhttp.configured else 0.0))
     if snapshot.ssl_options is not None:
-        g = _gauge(metrics.HOST_SSL_OPTIONS)
-        g.add_metric([], float(snapshot.ssl_options))
-        out.append(g)
+        out.append((metrics.HOST_SSL_OPTIONS, (), float(snapshot.ssl_options)))
     if snapshot.signature_age_days is not None:
-        g = _gauge(metrics.HOST_SIGNATURE_AGE)
-        g.add_metric([], float(snapshot.signature_age_days))
-        out.append(g)
+        out.append((metrics.HOST_SIGNATURE_AGE, (), float(snapshot.signature_age_days)))
     return out
