@@ -17,6 +17,10 @@ cd "$(dirname "$0")/.."
 # (certificate trust list cabinets, packed, signed and checked by real tools).
 packages=(squid mitmproxy prometheus prometheus-alertmanager chromium chromium-driver iproute2 util-linux
           ca-certificates python3-venv gcab osslsigncode cabextract)
+# python3-venv (the project's virtual environment), jsonnet (renders the monitoring mixin in
+# mixin/ that the shipped alerts and dashboards come from).
+packages=(squid mitmproxy prometheus prometheus-alertmanager chromium chromium-driver iproute2 util-linux
+          ca-certificates python3-venv jsonnet)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -15,7 +15,6 @@ in the scenario it is meant for (PANELS). `promtool check metrics` lints every e
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import subprocess
 import time
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import dashboard_queries
 import e2e_scenarios as sc
 import promlab
 import pytest
@@ -39,14 +39,6 @@ SETTLE_SECONDS = 10.0
 WAIT = 45.0
 
 
-def _load_build():
-    spec = importlib.util.spec_from_file_location("dashboards_build_e2e", ROOT / "dashboards" / "build.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-build = _load_build()
 
 ALERT_NAMES = frozenset(
     rule["alert"]
@@ -204,8 +196,8 @@ class Panel:
     route: str | None = None
 
 
-OVERVIEW = build.OVERVIEW_UID
-DETAIL = build.DETAIL_UID
+OVERVIEW = "defender-connectivity-overview"  # the mixin's default uids (mixin/config.libsonnet)
+DETAIL = "defender-connectivity-target"
 HEALTHY_MAPS = {"group": "maps", "target": sc.MAPS_URL, "route": "defender"}
 
 # (dashboard uid, panel title) -> one Panel per expression of that title, in expressions() order
@@ -251,7 +243,7 @@ EXEMPT: dict[tuple[str, str], str] = {}
 
 def _by_panel() -> dict[tuple[str, str], list[str]]:
     out: dict[tuple[str, str], list[str]] = {}
-    for uid, title, expr in build.expressions():
+    for uid, title, expr in dashboard_queries.expressions():
         out.setdefault((uid, title), []).append(expr)
     return out
 
@@ -270,12 +262,12 @@ def test_dashboard_expressions_parse_and_have_data(e2e):
     failures = []
     for key, exprs in _by_panel().items():
         for expr in exprs:
-            e2e.lab.query(build.substitute(expr))  # all variables "All": must parse
+            e2e.lab.query(dashboard_queries.substitute(expr))  # all variables "All": must parse
         for expr, spec in zip(exprs, PANELS.get(key, [])):
             site = e2e.site(spec.scenario)
             variables = {"job": JOB, "site": site.name, "instance": site.address, "group": spec.group,
                          "target": spec.target, "route": spec.route}
-            query = build.substitute(expr, variables)
+            query = dashboard_queries.substitute(expr, variables)
             try:
                 promlab.wait_until(lambda check=spec.check, query=query: check(e2e.lab.query(query)), timeout=20,
                                    message=f"{key} in {spec.scenario}")
