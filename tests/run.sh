@@ -45,6 +45,10 @@ if ((${#missing[@]})); then
   if [[ -n $own_policy ]]; then rm -f "$policy"; trap - EXIT; fi
 fi
 
+# kubectl (for `kubectl kustomize`, tests/test_kubernetes.py) ships in the machine image; Debian has no
+# package of it. Say so plainly rather than fail inside a test.
+command -v kubectl >/dev/null || echo "tests/run.sh: kubectl not found: tests/test_kubernetes.py will fail" >&2
+
 if [[ -x /usr/bin/python3 ]]; then python=/usr/bin/python3; else python=python3; fi
 venv=.venv
 if ! "$venv/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then

@@ -60,7 +60,9 @@ SITE_LABEL = re.compile(r'\$labels\.site\b|[(,]\s*site\s*[,)]|\bsite\s*[=!]~?"')
 
 
 def _rules(text: str) -> list[dict]:
-    return [r for g in yaml.safe_load(text)["groups"] for r in g["rules"]]
+    doc = yaml.safe_load(text)
+    groups = doc["spec"]["groups"] if doc.get("kind") == "PrometheusRule" else doc["groups"]
+    return [r for g in groups for r in g["rules"]]
 
 
 def _exprs(dashboard: dict) -> list[str]:
@@ -164,7 +166,7 @@ def test_defaults_differ_from_the_variant_only_where_configured(variant):
     for path, text in DEFAULT.items():
         mine = (variant / path).read_text()
         assert mine != text, f"{path}: the variant config changed nothing"
-        if path.endswith(".yml"):
+        if path.endswith((".yml", ".yaml")):
             assert [r.get("alert") or r.get("record") for r in _rules(mine)] == \
                    [r.get("alert") or r.get("record") for r in _rules(text)]
         else:
