@@ -418,20 +418,31 @@ def prometheus(workdir: Path | str, targets: Sequence[str | Mapping[str, Any]], 
                rule_files: Sequence[Path | str] = (), alertmanager_url: str | None = None,
                job: str = "defender-connectivity", labels: Mapping[str, str] | None = None,
                metrics_path: str = "/metrics", scrape_interval: str = "1s", evaluation_interval: str = "1s",
-               extra_scrape_configs: Sequence[dict] = (), startup_timeout: float = 30.0) -> Iterator[Prometheus]:
+               extra_scrape_configs: Sequence[dict] = (), startup_timeout: float = 30.0,
+               remote_write: Sequence[str] = (), external_labels: Mapping[str, str] | None = None,
+               agent: bool = False, remote_write_receiver: bool = False) -> Iterator[Prometheus]:
     """A real Prometheus scraping `targets` ("host:port", or {"targets": [...], "labels": {...}})
     as `job` with target `labels` (e.g. {"site": "stockholm"}), evaluating `rule_files`, and
-    sending alerts to `alertmanager_url` if given."""
+    sending alerts to `alertmanager_url` if given.
+
+    `remote_write` URLs get every sample (flushed within a second); `agent=True` runs it in agent
+    mode (scrape and remote-write only: no rules, no queries); `remote_write_receiver=True`
+    accepts remote writes at /api/v1/write. No targets: no scrape job."""
     binary = _require(PROMETHEUS_BIN)
     workdir = Path(workdir)
     (workdir / "data").mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
         "global": {"scrape_interval": scrape_interval, "scrape_timeout": scrape_interval,
-                   "evaluation_interval": evaluation_interval},
-        "rule_files": [str(Path(p).resolve()) for p in rule_files],
-        "scrape_configs": [{"job_name": job, "metrics_path": metrics_path,
-                            "static_configs": _static_configs(targets, labels)}, *extra_scrape_configs],
+                   **({} if agent else {"evaluation_interval": evaluation_interval}),
+                   **({"external_labels": dict(external_labels)} if external_labels else {})},
+        **({} if agent else {"rule_files": [str(Path(p).resolve()) for p in rule_files]}),
+        "scrape_configs": ([{"job_name": job, "metrics_path": metrics_path,
+                             "static_configs": _static_configs(targets, labels)}] if targets else [])
+                          + list(extra_scrape_configs),
     }
+    if remote_write:
+        config["remote_write"] = [{"url": url, "queue_config": {"batch_send_deadline": "500ms"}}
+                                  for url in remote_write]
     if alertmanager_url:
         config["alerting"] = {"alertmanagers": [{
             "api_version": "v2",
@@ -440,10 +451,13 @@ def prometheus(workdir: Path | str, targets: Sequence[str | Mapping[str, Any]], 
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()
+    storage = (["--enable-feature=agent", f"--storage.agent.path={workdir / 'data'}"] if agent
+               else [f"--storage.tsdb.path={workdir / 'data'}"])
     process = _Process("prometheus", [
         binary,
         f"--config.file={config_path}",
-        f"--storage.tsdb.path={workdir / 'data'}",
+        *storage,
+        *(["--web.enable-remote-write-receiver"] if remote_write_receiver else []),
         f"--web.listen-address=127.0.0.1:{port}",
         "--web.enable-lifecycle",
         "--log.level=warn",
