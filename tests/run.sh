@@ -21,6 +21,8 @@ packages=(squid mitmproxy prometheus prometheus-alertmanager chromium chromium-d
 # mixin/ that the shipped alerts and dashboards come from).
 packages=(squid mitmproxy prometheus prometheus-alertmanager chromium chromium-driver iproute2 util-linux
           ca-certificates python3-venv jsonnet)
+# Node.js and npm (tests/test_grafana_schema.py runs tsc): Debian's, unless the machine has its own.
+command -v npm >/dev/null || packages+=(nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -56,6 +58,14 @@ if ! "$venv/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>
   "$python" -m venv --clear "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[test]"
+
+# npm packages, in a private prefix (tests/.npm, gitignored): Grafana's published dashboard types
+# and the TypeScript compiler, for tests/test_grafana_schema.py.
+npm_packages=(@grafana/schema@13.2.3 typescript@7.0.2)
+if ! [[ -x tests/.npm/node_modules/.bin/tsc && -f tests/.npm/node_modules/@grafana/schema/package.json ]]; then
+  echo "tests/run.sh: installing npm packages into tests/.npm: ${npm_packages[*]}"
+  npm install --prefix tests/.npm --no-save --no-audit --no-fund --loglevel=error "${npm_packages[@]}" >/dev/null
+fi
 
 # The console script (defender-connectivity-exporter) is in $venv/bin; tests/conftest.py also
 # puts the interpreter's own bin directory first on PATH.

@@ -7,7 +7,9 @@ so that a typo in PromQL fails here and not in Grafana.
 
 from __future__ import annotations
 
+import copy
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ import yaml
 
 import dashboard_queries as dq
 import promlab
+import promql_ast as ast
 from test_alerts import known_metric, metric_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,3 +121,52 @@ def test_every_expression_evaluates_in_prometheus(tmp_path):
         for variables in cases:
             for uid, title, expr in dq.expressions():
                 prom.query(dq.substitute(expr, variables))  # raises with Prometheus' message
+
+
+# --- Grafana's dashboard linter (grafana/dashboard-linter), its panel and target rules -----------------
+
+RATE_SENTINEL = "7777s"  # stands for $__rate_interval while the expression is parsed
+RATE_SENTINEL_WINDOW = timedelta(seconds=7777)
+UNIT_PANELS = {"stat", "timeseries", "gauge", "bargauge"}  # panels that show a number (panel-units-rule)
+
+
+def _parsed(expr: str):
+    return ast.parse(expr.replace("$__rate_interval", RATE_SENTINEL))
+
+
+def dashboard_lint(dashboard: dict) -> list[str]:
+    problems = []
+    for v in dashboard["templating"]["list"]:
+        if v["type"] == "query" and v.get("refresh") != 2:
+            problems.append(f"[template-on-time-change-reload-rule] {v['name']}: refresh must be 2 (on time range change)")
+    for p in dq.panels(dashboard):
+        where = f"{dashboard['uid']} / {p['title']}"
+        if p["type"] in UNIT_PANELS and not p.get("fieldConfig", {}).get("defaults", {}).get("unit"):
+            problems.append(f"[panel-units-rule] {where}: no unit")
+        for t in p.get("targets", []):
+            tree = _parsed(t["expr"])
+            for function, window in ast.range_functions(tree):
+                if function in ("rate", "irate", "increase") and window != RATE_SENTINEL_WINDOW:
+                    problems.append(f"[target-rate-interval-rule] {where}: {function}() must use [$__rate_interval]")
+            for selector in ast.selectors(tree):
+                m = ast.matchers(selector)
+                for label, variable in (("job", "$job"), ("instance", "$instance"), ("site", "$site")):
+                    if m.get(label) != ("=~", variable):
+                        problems.append(f"[target-{label}-rule] {where}: {selector.name} lacks {label}=~\"{variable}\"")
+    return problems
+
+
+@pytest.mark.parametrize("name", sorted(COMMITTED))
+def test_dashboard_linter_panel_and_target_rules(name):
+    assert dashboard_lint(COMMITTED[name]) == []
+
+
+def test_dashboard_lint_finds_what_the_linter_would():
+    bad = copy.deepcopy(COMMITTED["defender-overview.json"])
+    stat = next(p for p in bad["panels"] if p["type"] == "stat")
+    stat["fieldConfig"]["defaults"].pop("unit")
+    stat["targets"][0]["expr"] = 'sum(rate(defender_probes_total{job=~"$job", site=~"$site"}[5m]))'
+    bad["templating"]["list"][1]["refresh"] = 1
+    rules = {p.split("]")[0][1:] for p in dashboard_lint(bad)}
+    assert rules == {"panel-units-rule", "target-rate-interval-rule", "target-instance-rule",
+                     "template-on-time-change-reload-rule"}

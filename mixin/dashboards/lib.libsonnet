@@ -59,20 +59,23 @@
                     + when(valueName == null, { Value: true });
     lib.panel('table', title, description, [lib.target(expr, instant=true, table=true)], unit=unit, links=links,
               mappings=mappings, thresholds=thresholds,
-              options={ showHeader: true, cellHeight: 'sm', footer: { show: false } }
+              options={ showHeader: true, cellHeight: 'sm', frameIndex: 0 }
                       + when(sortBy != null, { sortBy: [{ displayName: sortBy, desc: false }] }),
-              custom={ align: 'auto', cellOptions: { type: 'auto' }, filterable: true },
+              custom={ align: 'auto', cellOptions: { type: 'auto' }, filterable: true, inspect: false },
               transformations=[{ id: 'organize', options: {
                 excludeByName: exclude,
                 renameByName: if valueName == null then {} else { Value: valueName },
               } }]),
 
-  stat(title, description, expr, legend='', unit=null, mappings=null, thresholds=null)::
+  // Every stat says its unit (Grafana's dashboard linter: panel-units-rule); 'none' for counts
+  // and for values that mappings turn into words.
+  stat(title, description, expr, unit, legend='', mappings=null, thresholds=null)::
     lib.panel('stat', title, description, [lib.target(expr, legend, instant=true)], unit=unit,
               mappings=mappings, thresholds=thresholds,
               options={ reduceOptions: { calcs: ['lastNotNull'], fields: '', values: false },
                         colorMode: 'background', graphMode: 'none', textMode: 'auto',
-                        justifyMode: 'auto', orientation: 'auto' }),
+                        justifyMode: 'auto', orientation: 'auto', wideLayout: true,
+                        showPercentChange: false, percentChangeColorMode: 'standard' }),
 
   timeseries(title, description, targets, unit, stacked=false, bars=false)::
     lib.panel('timeseries', title, description, targets, unit=unit,
@@ -88,7 +91,7 @@
     lib.panel(kind, title, description, [lib.target(expr, legend)], unit=unit, mappings=mappings,
               thresholds=thresholds, custom={ fillOpacity: 80, lineWidth: 0 },
               options={ showValue: 'never', rowHeight: 0.9,
-                        legend: { displayMode: 'list', placement: 'bottom', showLegend: true },
+                        legend: { displayMode: 'list', placement: 'bottom', showLegend: true, calcs: [] },
                         tooltip: { mode: 'single', sort: 'none' } }
                       + (if kind == 'state-timeline' then { mergeValues: true, alignValue: 'left' }
                          else { colWidth: 0.9 })),
@@ -119,9 +122,10 @@
     std.foldl(step, items, { panels: [], x: 0, y: 0, rowH: 0 }).panels,
 
   // --- template variables
+  // `current` is what a new viewer sees: Grafana's default data source, and All for the others.
   datasourceVariable:: {
     name: 'datasource', label: 'Data source', type: 'datasource', query: 'prometheus',
-    current: {}, hide: 0, includeAll: false, multi: false, options: [], refresh: 1,
+    current: { selected: false, text: 'default', value: 'default' }, hide: 0, includeAll: false, multi: false, options: [], refresh: 1,
     regex: '', skipUrlSync: false,
   },
   queryVariable(name, label, metric, selector, labelName=name)::
@@ -130,7 +134,7 @@
     {
       name: name, label: label, type: 'query', datasource: lib.datasource,
       definition: query, query: { query: query, refId: 'PrometheusVariableQueryEditor-VariableQuery' },
-      current: {}, hide: 0, includeAll: true, multi: true, allValue: '.*', options: [],
+      current: { selected: true, text: ['All'], value: ['$__all'] }, hide: 0, includeAll: true, multi: true, allValue: '.*', options: [],
       refresh: 2, regex: '', sort: 1, skipUrlSync: false,
     },
 
