@@ -14,13 +14,11 @@ cd "$(dirname "$0")/.."
 # proxy), Prometheus + promtool and Alertmanager (rules, e2e alerting), Chromium + driver
 # (status page), iproute2 and util-linux (network namespaces for the built-in catalogue run),
 # python3-venv (the project's virtual environment), gcab + osslsigncode + cabextract
-# (certificate trust list cabinets, packed, signed and checked by real tools).
+# (certificate trust list cabinets, packed, signed and checked by real tools), jsonnet (renders
+# the monitoring mixin in mixin/), victoria-metrics (VictoriaMetrics, vmagent and vmalert for the
+# many-sites e2e test).
 packages=(squid mitmproxy prometheus prometheus-alertmanager chromium chromium-driver iproute2 util-linux
-          ca-certificates python3-venv gcab osslsigncode cabextract)
-# python3-venv (the project's virtual environment), jsonnet (renders the monitoring mixin in
-# mixin/ that the shipped alerts and dashboards come from).
-packages=(squid mitmproxy prometheus prometheus-alertmanager chromium chromium-driver iproute2 util-linux
-          ca-certificates python3-venv jsonnet)
+          ca-certificates python3-venv gcab osslsigncode cabextract jsonnet victoria-metrics)
 # Node.js and npm (tests/test_grafana_schema.py runs tsc): Debian's, unless the machine has its own.
 command -v npm >/dev/null || packages+=(nodejs npm)
 missing=()
