@@ -10,6 +10,11 @@ or a truncated transfer must not count as a reachable CTL, so a CTL probe checks
 2. where the cabinet's first file can be unpacked (stored or MSZIP; LZX and
    Quantum are left unchecked and said so), it is PKCS#7 data whose certificates
    chain to one of the expected roots (the bundled Microsoft roots by default).
+   Microsoft signs its trust lists under Microsoft Root Certificate Authority 2010
+   (through Microsoft Windows Production PCA 2011), which is not among the bundled
+   roots: a path that ends at an issuer we do not hold, named O=Microsoft
+   Corporation, is accepted with `signer_chain_verified` None (not verified), so a
+   genuine list never pages; a list under any other issuer fails.
 
 What it does not check: the PKCS#7 signature over the CTL's content (the standard
 library and `cryptography` have no SignedData verifier); a substituted file signed
@@ -58,9 +63,10 @@ def check_ctl_cabinet(body: bytes, expected_roots: frozenset[bytes], anchors: li
         certificates = pkcs7.load_der_pkcs7_certificates(first)
     except ValueError:
         return CabinetCheck(f"{names[0]} is not PKCS#7 signed data", names)
-    if not _chains_to(certificates, expected_roots, anchors):
+    verdict = _signer_verdict(certificates, expected_roots, anchors)
+    if verdict is False:
         return CabinetCheck(f"{names[0]} is not signed by a certificate of the expected roots", names, False)
-    return CabinetCheck(None, names, True)
+    return CabinetCheck(None, names, verdict)
 
 
 class _NotCabinet(Exception):
@@ -152,27 +158,41 @@ def _unpack(layout: struct.Struct, body: bytes, offset: int) -> tuple:
     return layout.unpack_from(body, offset)
 
 
-def _chains_to(certificates: list[x509.Certificate], expected: frozenset[bytes], anchors: list[x509.Certificate]) -> bool:
-    """Does some certificate of the file lead, issuer by issuer, to an expected root?"""
+def _signer_verdict(certificates: list[x509.Certificate], expected: frozenset[bytes],
+                    anchors: list[x509.Certificate]) -> bool | None:
+    """True: a certificate of the file leads, issuer by issuer, to an expected root.
+    None: the path ends at an issuer we do not hold whose name is Microsoft's (the CTL
+    signers chain to Microsoft Root Certificate Authority 2010, which is not bundled).
+    False: anything else (another root, a foreign issuer)."""
     pool = list(certificates) + list(anchors)
+    verdict: bool | None = False
 
     def fingerprint(cert: x509.Certificate) -> bytes:
         return hashlib.sha256(cert.public_bytes(Encoding.DER)).digest()
 
-    def leads_home(cert: x509.Certificate, depth: int) -> bool:
+    def walk(cert: x509.Certificate, depth: int) -> bool:
+        nonlocal verdict
         if fingerprint(cert) in expected:
             return True
         if depth == 0 or cert.issuer == cert.subject:
             return False
-        for issuer in pool:
-            if issuer.subject != cert.issuer or issuer is cert:
-                continue
+        issuers = [c for c in pool if c.subject == cert.issuer and c is not cert]
+        if not issuers and _is_microsoft(cert.issuer):
+            verdict = None
+        for issuer in issuers:
             try:
                 cert.verify_directly_issued_by(issuer)
             except (ValueError, TypeError, InvalidSignature):  # another key, an unsupported algorithm
                 continue
-            if leads_home(issuer, depth - 1):
+            if walk(issuer, depth - 1):
                 return True
         return False
 
-    return any(leads_home(cert, 6) for cert in certificates)
+    if any(walk(cert, 6) for cert in certificates):
+        return True
+    return verdict
+
+
+def _is_microsoft(name: x509.Name) -> bool:
+    organisations = [a.value for a in name.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)]
+    return organisations == ["Microsoft Corporation"]

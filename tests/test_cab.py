@@ -15,8 +15,8 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from exporter.cab import check_ctl_cabinet
-from tests.lab.ctl import make_ctl_cabinet, tools_available
-from tests.lab.pki import LabPKI
+from lab.ctl import make_ctl_cabinet, tools_available
+from lab.pki import LabPKI
 
 pytestmark = pytest.mark.skipif(not tools_available(), reason="gcab is not installed (tests/run.sh installs it)")
 
@@ -91,3 +91,37 @@ def test_a_cabinet_whose_file_is_not_pkcs7_fails(tmp_path, pki):
     subprocess.run(["gcab", "-c", "-z", "x.cab", "authroot.stl"], cwd=work, check=True)
     result = check_ctl_cabinet((work / "x.cab").read_bytes(), frozenset({_fp(pki.root.cert)}), [pki.root.cert])
     assert result.problem == "authroot.stl is not PKCS#7 signed data"
+
+
+def test_a_list_under_a_microsoft_issuer_we_do_not_hold_passes_unverified(tmp_path):
+    """Microsoft's CTL signers chain to Microsoft Root Certificate Authority 2010, which is not
+    bundled: such a list must not fail (no page for a genuine file), but is not called verified."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from lab.pki import CA
+
+    def name(cn: str, org: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org), x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def signer(org: str) -> CA:
+        key = ec.generate_private_key(ec.SECP256R1())
+        issuer_key = ec.generate_private_key(ec.SECP256R1())  # the root we do not have
+        now = dt.datetime.now(dt.UTC)
+        cert = (x509.CertificateBuilder().subject_name(name("Trust List Signer", org))
+                .issuer_name(name("Root Certificate Authority 2010", org)).public_key(key.public_key())
+                .serial_number(7).not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+                .sign(issuer_key, hashes.SHA256()))
+        path = tmp_path / f"{org[:4]}.pem"
+        path.write_bytes(cert.public_bytes(Encoding.PEM))
+        return CA("issuing", cert, key, path, path, path)
+
+    expected = frozenset({b"\0" * 32})
+    genuine = check_ctl_cabinet(make_ctl_cabinet(tmp_path, "authrootstl", signer("Microsoft Corporation")), expected, [])
+    assert genuine.problem is None and genuine.signer_chain_verified is None
+    foreign = check_ctl_cabinet(make_ctl_cabinet(tmp_path, "foreign", signer("Captive Portal Inc")), expected, [])
+    assert foreign.problem == "foreign.stl is not signed by a certificate of the expected roots"
