@@ -535,19 +535,20 @@ def _group(
         seen.add(target.url)
         targets.append(target)
 
+    content = spec.get("content")
+    if content is not None and content not in CONTENT_KINDS:
+        raise check.fail(f"{path}.content", f"expected one of {', '.join(CONTENT_KINDS)}, got {_describe(content)}")
     if "expected_roots" in spec and spec["expected_roots"] is not None:
         roots = frozenset(
             _fingerprint(check, fp, f"{path}.expected_roots[{i}]")
             for i, fp in enumerate(check.listing(spec["expected_roots"], f"{path}.expected_roots"))
         )
-    elif name in PINNED_GROUPS:
+    elif name in PINNED_GROUPS or content == "ctl":
+        # For a trust list these are the roots its signer must chain to, not TLS pinning.
         roots = bundled_root_fingerprints()
     else:
         roots = frozenset()
     validate_maps = check.boolean(spec.get("validate_maps", name == "maps"), f"{path}.validate_maps")
-    content = spec.get("content")
-    if content is not None and content not in CONTENT_KINDS:
-        raise check.fail(f"{path}.content", f"expected one of {', '.join(CONTENT_KINDS)}, got {_describe(content)}")
     return Group(name, description, tuple(names), g_interval, g_timeout, tuple(targets), roots, validate_maps, content)
 
 
