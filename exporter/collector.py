@@ -31,7 +31,7 @@ from .state import JobStats, Outcome, ResultStore
 def target_samples(job: ProbeJob, stats: JobStats | None, outcome: Outcome | None) -> Iterator[Sample]:
     """Every sample of one job's per-target families (metrics.TARGET_FAMILIES)."""
     base = (job.group.name, job.target.url, job.route.name)
-    yield m.TARGET_INFO, base + (job.target.pattern, str(job.target.port)), 1
+    yield m.TARGET_INFO, base + (job.target.pattern, str(job.target.port), job.target.source), 1
     if stats is not None:
         yield m.PROBES_TOTAL, base + ("success",), stats.successes
         yield m.PROBES_TOTAL, base + ("failure",), stats.failures

@@ -54,8 +54,9 @@ def _spec(name: str, type_: str, help_: str, labels: tuple[str, ...] = (), *,
 # --- per target -------------------------------------------------------------
 TARGET_INFO = _spec(
     "defender_target_info", "gauge",
-    "A probed target: the published catalogue entry (pattern) it stands for and its port.",
-    TARGET_LABELS + ("pattern", "port"))
+    "A probed target: the published catalogue entry (pattern) it stands for, its port, and where the entry "
+    "comes from (source: article, a named Microsoft page, or config).",
+    TARGET_LABELS + ("pattern", "port", "source"))
 PROBE_SUCCESS = _spec(
     "defender_probe_success", "gauge",
     "1 if the endpoint answered over a connection valid against the trust store (chain, dates, name)."

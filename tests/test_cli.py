@@ -149,3 +149,35 @@ def test_builtin_catalogue_in_an_isolated_network_namespace(tmp_path):
     maps = [s for s in samples if s.name == m.MAPS_VALIDATION_INFO.name]
     assert maps and all(s.labels["cause"] == "dns_failure" and s.labels["hresult"] == "0x80072EE7" for s in maps)
     assert _promtool_check(body) == ""
+    # The 2026 catalogue: the certificate engine's groups on the system route, every entry with its source.
+    by_group = {}
+    for s in info:
+        by_group.setdefault(s.labels["group"], set()).add((s.labels["route"], s.labels["source"]))
+    assert by_group["ctl"] == {("system", "article")}
+    assert by_group["revocation"] == {("system", "azure-ca-details"), ("system", "microsoft-tls-g2-chain")}
+    assert by_group["maps"] == {("defender", "article")}
+
+
+@pytest.mark.netns
+def test_streamlined_profile_in_an_isolated_network_namespace(tmp_path):
+    """`connectivity: streamlined`, offline: MAPS is judged on the mdav hosts, sources named."""
+    config = tmp_path / "config.yml"
+    config.write_text("connectivity: streamlined\nregion: uk\n")
+    exe = shutil.which("defender-connectivity-exporter")
+    assert exe, "console script not installed: pip install -e . (tests/run.sh does)"
+    result = subprocess.run([shutil.which("unshare"), "-n", sys.executable, str(HERE / "helpers" / "netns_scrape.py"),
+                             str(tmp_path), f"exec {exe} --config.file {config}"],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    samples = _samples((tmp_path / "metrics.txt").read_text())
+    info = {(s.labels["group"], s.labels["target"]): s.labels["source"] for s in samples if s.name == m.TARGET_INFO.name}
+    maps = {t for g, t in info if g == "maps"}
+    assert maps == {"https://mdav.uk.endpoint.security.microsoft.com/mdav/test"}
+    assert {info[("maps", t)] for t in maps} == {"mde-client-analyzer"}
+    assert {t for g, t in info if g == "submission"} == {
+        "https://mdav.uk.endpoint.security.microsoft.com/storage/ussuk1southprod/",
+        "https://mdav.uk.endpoint.security.microsoft.com/storage/ussuk1westprod/",
+    }
+    verdicts = [s for s in samples if s.name == m.MAPS_VALIDATION_INFO.name]
+    assert {s.labels["target"] for s in verdicts} == maps
+    assert "Traceback" not in (tmp_path / "stderr.txt").read_text()
