@@ -111,6 +111,31 @@
               'A stale CRL makes revocation checks, and with them MAPS connections, fail.',
             ],
           ),
+          alert(
+            'DefenderTrustListDownloadFailing',
+            'defender_probe_success{group="ctl"} == 0\n',
+            '1h',
+            'warning',
+            'Windows cannot download a certificate trust list (Automatic Root Certificates Update).',
+            [
+              '{{ $labels.target }} on the {{ $labels.route }} route fails at ' + at + failureReason + '.',
+              'The certificate engine fetches these cabinets over plain HTTP on the system-wide WinHTTP path;',
+              'without them endpoints miss new and distrusted roots, and chains to roots added since their last refresh fail.',
+              'Configure the WinHTTP proxy or allow http://ctldl.windowsupdate.com/, or redirect the download to an internal mirror (ctl_mirror_url).',
+            ],
+          ),
+          alert(
+            'DefenderRevocationHostsUnreachable',
+            'defender_probe_success{group="revocation"} == 0\n',
+            '30m',
+            'warning',
+            'An OCSP, CRL or CA-certificate host of Microsoft\'s current chains is unreachable.',
+            [
+              '{{ $labels.target }} on the {{ $labels.route }} route fails at ' + at + failureReason + '.',
+              'The certificate engine checks revocation of Microsoft\'s chains there; endpoints keep passing only while cached revocation data lasts.',
+              'Allow plain HTTP (port 80) to it on the path the operating system uses.',
+            ],
+          ),
         ],
       },
       {

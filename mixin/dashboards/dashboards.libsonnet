@@ -125,6 +125,13 @@ local lib = import 'lib.libsonnet';
         'min by (%s, instance, route) (defender_crl_reachable{%s})' % [site, sel],
         '{{%s}} {{instance}} {{route}}' % site, mappings=lib.okFail, thresholds=lib.redGreen,
       )),
+      lib.at(24, 7, lib.stateTimeline(
+        'state-timeline', "The certificate engine's downloads (system route)",
+        'Share of the probes that succeeded for what Windows itself fetches on the WinHTTP path: the CRL URLs (crl), '
+        + 'the certificate trust lists (ctl) and the OCSP/CRL/CA hosts of current Microsoft chains (revocation).',
+        'avg by (%s, instance, group) (defender_probe_success{%s, group=~"crl|ctl|revocation", route="system"})' % [site, sel],
+        '{{%s}} {{instance}} {{group}}' % site, mappings=null, thresholds=lib.ratioSteps, unit='percentunit',
+      )),
       lib.row('Alerts'),
       lib.at(24, 8, lib.infoTable(
         'Firing alerts', 'Defender alerts firing now (ALERTS).',
