@@ -46,13 +46,17 @@ from .crl import CRLCache, RevocationStatus
 from .probes import CertFacts, ProbeEnv, ProbeResult, run_probe
 from .probes._net import Trace
 from .probes._tls import TrustStore
+from .probes.pac import PacSandbox
 from .reasons import Reason
+from .routes import Hop, RouteBook, RouteFailure, static_label
 from .state import MapsVerdict, Outcome
 
 
 @dataclass(frozen=True)
 class ChainRevocation:
     statuses: tuple[tuple[str, RevocationStatus], ...]  # (certificate subject, status), leaf first
+    # For a system route evaluated per URL: (CRL URL, "DIRECT (PAC ... entry 1 of 2)", ...).
+    hops: tuple[tuple[str, str], ...] = ()
 
     def worst(self) -> RevocationStatus | None:
         order = ("revoked", "unreachable", "invalid", "stale")
@@ -79,9 +83,12 @@ _STATUS_FINDING = {
 class Assessor:
     """Runs a job: probe, then revocation and pinning, then the MAPS verdict."""
 
-    def __init__(self, config: Config, *, crl_cache: CRLCache | None = None, trust: TrustStore | None = None):
+    def __init__(self, config: Config, *, crl_cache: CRLCache | None = None, trust: TrustStore | None = None,
+                 pac_sandbox: PacSandbox | None = None):
         self.config = config
         self.trust = trust
+        # Routes evaluated per URL (bypass, PAC, WPAD, fallback); the sandbox outlives reloads.
+        self.routes = RouteBook(config, sandbox=pac_sandbox, trust=trust)
         self.crl_cache = crl_cache or CRLCache(config.limits, config.connect_to)
         self.crl_cache.reconfigure(config.limits, config.connect_to)
         self._roots: dict[bytes, x509.Certificate] | None = None
@@ -92,10 +99,18 @@ class Assessor:
         return self.config.routes["system"]
 
     async def run(self, job: ProbeJob, env: ProbeEnv, *, trace: Trace | None = None) -> Outcome:
-        probe = await run_probe(job, env, trace=trace)
-        return await self.assess(job, probe, trace=trace)
+        if job.route.static:
+            probe = await run_probe(job, env, trace=trace)
+            return await self.assess(job, probe, trace=trace, proxy=static_label(job.route))
+        probe, hop = await self.routes.run(job, env, lambda j, e: run_probe(j, e, trace=trace))
+        if trace:
+            trace(f"route {job.route.name}: " + (f"carried by {hop.label} ({hop.via}{', ' + hop.how if hop.how else ''})"
+                                                 if hop else "no proxy chosen"))
+        return await self.assess(job, probe, trace=trace, proxy=hop.label if hop else "")
 
-    async def assess(self, job: ProbeJob, probe: ProbeResult, *, trace: Trace | None = None) -> Outcome:
+    async def assess(self, job: ProbeJob, probe: ProbeResult, *, trace: Trace | None = None,
+                     proxy: str | None = None) -> Outcome:
+        proxy = static_label(job.route) if proxy is None else proxy
         tls = probe.tls
         revocation: ChainRevocation | None = None
         intercepted: bool | None = None
@@ -118,11 +133,11 @@ class Assessor:
             revoked = any(status.status == "revoked" for _, status in revocation.statuses)
         verdict = None
         if job.group.validate_maps:
-            verdict = self.maps_verdict(job, probe, revocation, intercepted)
+            verdict = self.maps_verdict(job, probe, revocation, intercepted, proxy=proxy)
             if trace:
                 trace(f"MAPS verdict: {'valid' if verdict.valid else f'invalid: {verdict.reason} -> {verdict.cause} ({verdict.hresult})'}")
         crl_urls = tuple(dict.fromkeys(u for c in (tls.verified_path if tls else ()) for u in c.crl_urls))
-        return Outcome(probe, revoked=revoked, intercepted=intercepted, maps=verdict, crl_urls=crl_urls)
+        return Outcome(probe, revoked=revoked, intercepted=intercepted, maps=verdict, crl_urls=crl_urls, proxy=proxy)
 
     async def check_revocation(self, job: ProbeJob, path, *, trace: Trace | None = None,
                                budget: float | None = None) -> ChainRevocation:
@@ -133,15 +148,37 @@ class Assessor:
         revoked). A certificate whose check has not finished within `budget`
         seconds is "unreachable" (timed out)."""
         budget = job.group.timeout if budget is None else budget
-        route = self.system_route
+        system = self.system_route
         certs = [_certificate(f.der) for f in path]
         deadline = time.monotonic() + budget
+        hops: dict[str, Hop | RouteFailure] = {}
+
+        async def route_for(url: str) -> Route | None:
+            """The system route as WinHTTP would use it for this URL (None: it cannot say)."""
+            if system.static:
+                return system
+            if url not in hops:
+                try:
+                    hops[url] = await asyncio.wait_for(self.routes.hop_for(system, url), _left(deadline))
+                except RouteFailure as failure:
+                    hops[url] = failure
+                except TimeoutError:
+                    hops[url] = RouteFailure(Reason.PAC_UNREACHABLE, "the PAC file did not arrive in time")
+                if trace:
+                    hop = hops[url]
+                    trace(f"route {system.name} for {url}: " + (
+                        f"{hop.label} ({hop.how or hop.via})" if isinstance(hop, Hop) else f"{hop.reason}: {hop.detail}"))
+            hop = hops[url]
+            return hop.route if isinstance(hop, Hop) else None
 
         async def one(i: int, facts: CertFacts) -> RevocationStatus:
             cert = certs[i]
             issuer = certs[i + 1] if i + 1 < len(certs) else None
             if issuer is None:  # not reached for a verified path; kept for partial paths
                 for url in facts.ca_issuers_urls:
+                    route = await route_for(url)
+                    if route is None:
+                        continue
                     issuer = await self.crl_cache.fetch_issuer(url, route, _left(deadline))
                     if issuer is not None:
                         break
@@ -153,6 +190,11 @@ class Assessor:
                 return RevocationStatus("unknown", "", "no CRL distribution point")
             status = RevocationStatus("unreachable", "", "no distribution point tried")
             for url in facts.crl_urls:
+                route = await route_for(url)
+                if route is None:
+                    failure = hops[url]
+                    status = RevocationStatus("unreachable", url, f"{failure.reason}: {failure.detail}")
+                    continue
                 try:
                     check = await self.crl_cache.check(url, route, _left(deadline))
                 except Exception as exc:  # noqa: BLE001 - a bug here must not lose the job
@@ -184,7 +226,10 @@ class Assessor:
                 url = facts.crl_urls[0] if facts.crl_urls else ""
                 statuses.append((facts.subject, RevocationStatus(
                     "unreachable", url, f"{Reason.TIMEOUT}: revocation check not finished within {budget:.1f} s")))
-        return ChainRevocation(tuple(statuses))
+        described = tuple(
+            (url, f"{hop.label} ({hop.how or 'route ' + hop.via})" if isinstance(hop, Hop) else str(hop.reason))
+            for url, hop in hops.items())
+        return ChainRevocation(tuple(statuses), described)
 
     def _judge(self, cert: x509.Certificate, der: bytes, issuer: x509.Certificate | None, issuer_der: bytes,
                check) -> RevocationStatus:
@@ -232,16 +277,18 @@ class Assessor:
         return self._roots
 
     def maps_verdict(self, job: ProbeJob, probe: ProbeResult, revocation: ChainRevocation | None,
-                     intercepted: bool | None) -> MapsVerdict:
-        """The verdict, its cause chosen by causes.cause_for from what was seen, as for a host's hresult."""
-        verdict = self._maps_verdict(job, probe, revocation, intercepted)
+                     intercepted: bool | None, *, proxy: str | None = None) -> MapsVerdict:
+        """The verdict, its cause chosen by causes.cause_for from what was seen, as for a host's hresult.
+        `proxy` is the hop that carried the probe (DIRECT or host:port; default: the static route's)."""
+        proxy = static_label(job.route) if proxy is None else proxy
+        verdict = self._maps_verdict(job, probe, revocation, intercepted, proxy)
         if verdict.valid:
             return verdict
         cause = cause_for(verdict.hresult, Evidence(situation=Cause(verdict.cause), intercepted=bool(intercepted)))
         return dataclasses.replace(verdict, cause=str(cause))
 
     def _maps_verdict(self, job: ProbeJob, probe: ProbeResult, revocation: ChainRevocation | None,
-                      intercepted: bool | None) -> MapsVerdict:
+                      intercepted: bool | None, proxy: str) -> MapsVerdict:
         if not probe.success:
             row = VERDICT_TABLE[str(probe.reason)]
             cause = row.cause
@@ -266,22 +313,27 @@ class Assessor:
                 finding = _STATUS_FINDING[worst.status]
                 row = VERDICT_TABLE[finding]
                 cause = row.cause
+                detail = f"{worst.url}: {worst.detail}"
                 if finding == Finding.CRL_UNREACHABLE:
-                    cause = self._unreachable_cause(job, worst)
-                return MapsVerdict(False, reason=str(finding), hresult=row.hresult, cause=str(cause),
-                                   detail=f"{worst.url}: {worst.detail}")
+                    cause = self._unreachable_cause(worst, proxy)
+                    how = dict(revocation.hops).get(worst.url)
+                    if how is not None:
+                        detail += f"; the {self.system_route.name} route ({self.system_route.kind}) sends it {how}"
+                return MapsVerdict(False, reason=str(finding), hresult=row.hresult, cause=str(cause), detail=detail)
         return MapsVerdict(True)
 
-    def _unreachable_cause(self, job: ProbeJob, status: RevocationStatus) -> Cause:
-        """The article's trap: MAPS reachable through Defender's proxy, CRLs not
-        on a direct system route -> the system-wide WinHTTP proxy is missing.
-        A system route that asks for proxy credentials -> proxy_auth. Any other
-        case (same path, or a WinHTTP proxy that is set but cannot fetch the
-        CRLs) -> the CRLs themselves are blocked."""
-        system = self.system_route
-        if system.proxy is not None and status.http_status == 407:
+    def _unreachable_cause(self, status: RevocationStatus, proxy: str) -> Cause:
+        """The article's trap: MAPS reached through a proxy (Defender's static one
+        or its PAC's choice) while the system route has no proxy configuration at
+        all (no static proxy, PAC or WPAD) -> the system-wide WinHTTP proxy is
+        missing. A system route that asks for proxy credentials -> proxy_auth.
+        Any other case (same path, a WinHTTP proxy that cannot fetch the CRLs, or
+        a PAC or bypass entry that sends them DIRECT into a firewall) -> the CRLs
+        themselves are blocked."""
+        configured = self.routes.configured(self.system_route)
+        if configured and status.http_status == 407:
             return Cause.PROXY_AUTH
-        if system.proxy is None and job.route.proxy is not None:
+        if not configured and proxy not in ("DIRECT", ""):
             return Cause.WINHTTP_PROXY_MISSING
         return Cause.CRL_BLOCKED
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import platform
 import time
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -58,6 +58,8 @@ def target_samples(job: ProbeJob, stats: JobStats | None, outcome: Outcome | Non
         yield m.TLS_CERT_REVOKED, base, outcome.revoked
     if outcome.intercepted is not None:
         yield m.TLS_INTERCEPTED, base, outcome.intercepted
+    if outcome.proxy:
+        yield m.ROUTE_PROXY_INFO, base + (outcome.proxy,), 1
     verdict = outcome.maps
     if verdict is not None:
         yield m.MAPS_CONNECTION_VALID, base + (verdict.source,), verdict.valid
@@ -68,9 +70,12 @@ def target_samples(job: ProbeJob, stats: JobStats | None, outcome: Outcome | Non
 class DefenderCollector(Collector):
     """The store's series; owns the exposition cache that /metrics is served from."""
 
-    def __init__(self, store: ResultStore, *, crl_cache: CRLCache | None = None):
+    def __init__(self, store: ResultStore, *, crl_cache: CRLCache | None = None,
+                 route_samples: Callable[[], Iterable[Sample]] | None = None):
         self.store = store
         self.crl_cache = crl_cache
+        # The PAC fetch and evaluation series of the running configuration's routes.
+        self.route_samples = route_samples
         # Hooked to the store now, so each job's lines are written as its results
         # arrive, not all at the first scrape.
         self.cache = ExpositionCache(store, self.job_samples)
@@ -92,6 +97,8 @@ class DefenderCollector(Collector):
         yield from host_samples(store.host_snapshot)
         if self.crl_cache is not None:
             yield from self._crl_samples(self.crl_cache)
+        if self.route_samples is not None:
+            yield from self.route_samples()
         yield m.BUILD_INFO, (__version__, platform.python_version()), 1
         per_group: dict[str, int] = {}
         for job in store.jobs.values():

@@ -66,12 +66,49 @@ class ProxyURL:
         return self.redacted()
 
 
+# Kinds of route (the `routes.<name>` keys that choose one; see exporter/routes.py).
+ROUTE_KINDS = ("proxy", "pac", "wpad", "fallback")
+DEFAULT_PAC_INTERVAL = 300.0
+
+
 @dataclass(frozen=True)
 class Route:
-    """A named network path: direct (proxy None) or through an HTTP proxy."""
+    """A named network path, as Windows finds it.
+
+    - direct: nothing set (proxy None);
+    - proxy: a static proxy, with an optional WinHTTP bypass list;
+    - pac: a proxy auto-config script (URL or file), evaluated per target URL;
+    - wpad: the PAC found by DNS (wpad.<domain>, walking up the search domain);
+    - fallback: other routes tried in order (Defender's documented order).
+
+    The probers only ever see a direct or static-proxy Route: exporter/routes.py
+    turns the other kinds into one per attempt (routes.concrete).
+    """
 
     name: str
     proxy: ProxyURL | None = None
+    bypass: tuple[str, ...] = ()
+    pac: str | None = None  # http(s):// or file:// URL (a path is stored as file://)
+    pac_route: str | None = None  # route the PAC file is fetched on; None: direct
+    pac_interval: float = DEFAULT_PAC_INTERVAL
+    wpad: bool = False
+    wpad_domain: str | None = None  # None: the search domain of /etc/resolv.conf
+    fallback: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        if self.fallback:
+            return "fallback"
+        if self.pac is not None:
+            return "pac"
+        if self.wpad:
+            return "wpad"
+        return "proxy" if self.proxy is not None else "direct"
+
+    @property
+    def static(self) -> bool:
+        """Direct or one proxy for every URL: nothing to evaluate per target."""
+        return self.kind in ("direct", "proxy") and not self.bypass
 
 
 @dataclass(frozen=True)
@@ -393,6 +430,9 @@ def _host(check: _Checker, value: Any) -> HostConfig:
     return HostConfig(**kwargs)
 
 
+_ROUTE_KEYS = {"proxy", "bypass", "pac", "pac_route", "pac_interval", "wpad", "wpad_domain", "fallback"}
+
+
 def _routes(check: _Checker, value: Any) -> dict[str, Route]:
     routes = {name: Route(name) for name in DEFAULT_ROUTES}
     if value is None:
@@ -403,10 +443,104 @@ def _routes(check: _Checker, value: Any) -> dict[str, Route]:
         path = f"routes.{name}"
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name):
             raise check.fail(path, "route names are letters, digits, '_', '.', '-'")
-        spec = {} if spec is None else check.mapping(spec, path, {"proxy"})
-        proxy = spec.get("proxy")
-        routes[name] = Route(name, None if proxy is None else _proxy(check, proxy, f"{path}.proxy"))
+        spec = {} if spec is None else check.mapping(spec, path, _ROUTE_KEYS)
+        routes[name] = _route(check, name, spec, path)
+    _check_route_references(check, routes)
     return routes
+
+
+def _route(check: _Checker, name: str, spec: dict[str, Any], path: str) -> Route:
+    kinds = [k for k in ROUTE_KINDS if spec.get(k) not in (None, False)]
+    if len(kinds) > 1:
+        raise check.fail(path, f"a route is one of proxy, pac, wpad or fallback, not {' and '.join(kinds)}")
+    kind = kinds[0] if kinds else "direct"
+    for key, needs in (("bypass", "proxy"), ("pac_route", "pac"), ("pac_interval", "pac"), ("wpad_domain", "wpad")):
+        if spec.get(key) is not None and kind != needs:
+            raise check.fail(f"{path}.{key}", f"only for a route with `{needs}:`")
+    fields: dict[str, Any] = {}
+    if kind == "proxy":
+        fields["proxy"] = _proxy(check, spec["proxy"], f"{path}.proxy")
+        if spec.get("bypass") is not None:
+            fields["bypass"] = _bypass(check, spec["bypass"], f"{path}.bypass")
+    elif kind == "pac":
+        fields["pac"] = _pac_location(check, spec["pac"], f"{path}.pac")
+        if spec.get("pac_route") is not None:
+            fields["pac_route"] = check.string(spec["pac_route"], f"{path}.pac_route")
+        if spec.get("pac_interval") is not None:
+            fields["pac_interval"] = check.duration(spec["pac_interval"], f"{path}.pac_interval")
+    elif kind == "wpad":
+        if spec["wpad"] is not True:
+            raise check.fail(f"{path}.wpad", f"expected true, got {_describe(spec['wpad'])}")
+        if spec.get("wpad_domain") is not None:
+            domain = check.string(spec["wpad_domain"], f"{path}.wpad_domain").strip(".").lower()
+            if not _valid_host(domain) or "." not in domain:
+                raise check.fail(f"{path}.wpad_domain", f"expected a DNS domain such as corp.example.com, got {_describe(spec['wpad_domain'])}")
+            fields["wpad_domain"] = domain
+        fields["wpad"] = True
+    elif kind == "fallback":
+        members = check.listing(spec["fallback"], f"{path}.fallback")
+        if not members:
+            raise check.fail(f"{path}.fallback", "expected at least one route name")
+        for i, member in enumerate(members):
+            check.string(member, f"{path}.fallback[{i}]")
+        if len(set(members)) != len(members):
+            raise check.fail(f"{path}.fallback", "a route is named twice")
+        fields["fallback"] = tuple(members)
+    return Route(name, **fields)
+
+
+def _check_route_references(check: _Checker, routes: Mapping[str, Route]) -> None:
+    """fallback members and pac_route name defined routes; no loops."""
+    for route in routes.values():
+        path = f"routes.{route.name}"
+        for i, member in enumerate(route.fallback):
+            target = routes.get(member)
+            if target is None:
+                raise check.fail(f"{path}.fallback[{i}]", f"unknown route {member!r} (defined: {', '.join(sorted(routes))})")
+            if target.kind == "fallback":
+                raise check.fail(f"{path}.fallback[{i}]", f"route {member!r} is itself a fallback list; name its members")
+        if route.pac_route is not None:
+            target = routes.get(route.pac_route)
+            if target is None:
+                raise check.fail(f"{path}.pac_route", f"unknown route {route.pac_route!r} (defined: {', '.join(sorted(routes))})")
+            if not target.static:
+                raise check.fail(f"{path}.pac_route", f"route {route.pac_route!r} must be direct or one proxy without bypass")
+
+
+def _bypass(check: _Checker, value: Any, path: str) -> tuple[str, ...]:
+    """WinHTTP's bypass list: a list, or one string split on ';' and blanks as netsh takes it."""
+    items = re.split(r"[;\s]+", value) if isinstance(value, str) else check.listing(value, path)
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, str) and not item.strip():
+            continue
+        entry = check.string(item, f"{path}[{i}]").strip().lower()
+        if entry != "<local>" and not re.fullmatch(r"(?:https?://)?[a-z0-9*_.:\[\]-]+", entry):
+            raise check.fail(f"{path}[{i}]", f"expected a host name, address or pattern such as *.contoso.com or <local>, got {_describe(item)}")
+        out.append(entry)
+    return tuple(out)
+
+
+def _pac_location(check: _Checker, value: Any, path: str) -> str:
+    expected = "expected an http(s):// URL, a file:// URL or an absolute path of a PAC file"
+    if not isinstance(value, str) or not value:
+        raise check.fail(path, f"{expected}, got {_describe(value)}")
+    if value.startswith("/"):
+        return "file://" + value
+    try:
+        parts = urlsplit(value)
+        parts.port
+    except ValueError:
+        raise check.fail(path, f"{expected}; the port is not a number from 1 to 65535") from None
+    if parts.scheme in ("http", "https"):
+        if not parts.hostname or not _valid_host(parts.hostname):
+            raise check.fail(path, f"{expected}; the URL has no valid host")
+        if parts.username is not None or parts.password is not None:
+            raise check.fail(path, "PAC URLs must not carry credentials")
+        return value
+    if parts.scheme == "file" and parts.path.startswith("/") and parts.netloc in ("", "localhost"):
+        return value
+    raise check.fail(path, f"{expected}, got {_describe(value)}")
 
 
 def _proxy(check: _Checker, value: Any, path: str) -> ProxyURL:

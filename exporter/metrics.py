@@ -109,6 +109,12 @@ TLS_INTERCEPTED = _spec(
     "does not verify, if no presented certificate is or is signed by an expected root." + CACHED,
     TARGET_LABELS)
 
+ROUTE_PROXY_INFO = _spec(
+    "defender_route_proxy_info", "gauge",
+    "1 with the proxy that carried the last probe (DIRECT for a direct connection; host:port, never "
+    "credentials); for a failed probe the last one tried; absent when the route chose none (PAC failure)."
+    + CACHED, TARGET_LABELS + ("proxy",))
+
 # --- MAPS verdict -----------------------------------------------------------
 MAPS_CONNECTION_VALID = _spec(
     "defender_maps_connection_valid", "gauge",
@@ -137,6 +143,19 @@ CRL_VALID = _spec(
     "defender_crl_valid", "gauge",
     "1 if the cached CRL parses, is signed by its issuer and is not past nextUpdate.", ("url",))
 CRL_SIZE = _spec("defender_crl_size_bytes", "gauge", "Size of the cached CRL.", ("url",))
+
+# --- PAC files and WPAD (routes with `pac:` or `wpad: true`) -------------------
+PAC_FETCH_SUCCESS = _spec(
+    "defender_pac_fetch_success", "gauge",
+    "1 if the last fetch of the route's PAC file (or WPAD discovery and fetch) gave a script (304 counts); "
+    "url is the PAC URL (empty when WPAD found none).", ("route", "url"), always_shown=False)
+PAC_FETCH_DURATION = _spec(
+    "defender_pac_fetch_duration_seconds", "gauge",
+    "Wall time of the last fetch of the route's PAC file (with WPAD discovery).", ("route", "url"), always_shown=False)
+PAC_EVALUATIONS = _spec(
+    "defender_pac_evaluations_total", "counter",
+    "FindProxyForURL evaluations in the sandbox, by result (ok, error: threw, nothing usable, past 1 s); "
+    "one per target URL and script version, not per probe.", ("route", "result"), always_shown=False)
 
 # --- host side (optional collectors) -----------------------------------------
 HOST_WINHTTP_PROXY_CONFIGURED = _spec(

@@ -27,6 +27,8 @@ class Reason(enum.StrEnum):
     TLS_NOT_YET_VALID = "tls_not_yet_valid"
     HTTP_ERROR = "http_error"
     TIMEOUT = "timeout"
+    PAC_UNREACHABLE = "pac_unreachable"
+    PAC_ERROR = "pac_error"
 
 
 # One line per reason, for the README, the status page and `check`.
@@ -46,4 +48,6 @@ REASON_DESCRIPTIONS: dict[Reason, str] = {
     Reason.TLS_NOT_YET_VALID: "a certificate in the chain is not valid yet",
     Reason.HTTP_ERROR: "the answer was not valid HTTP (malformed, oversized headers, or closed before any response)",
     Reason.TIMEOUT: "the probe did not finish before its timeout (after the connection was made)",
+    Reason.PAC_UNREACHABLE: "the route's PAC file could not be fetched (or WPAD found no wpad.<domain>)",
+    Reason.PAC_ERROR: "the route's PAC script threw, returned nothing usable, or ran past its bound of 1 s",
 }

@@ -39,7 +39,8 @@ class Exporter:
         self.scheduler = Scheduler(self.store, self.env, config.jobs(), concurrency=config.concurrency,
                                    runner=self._run_job)
         self.store.mark_reload(True)
-        self.collector = DefenderCollector(self.store, crl_cache=self.assessor.crl_cache)
+        self.collector = DefenderCollector(self.store, crl_cache=self.assessor.crl_cache,
+                                           route_samples=lambda: self.assessor.routes.samples())
         self._task: asyncio.Task | None = None
         self._host_task: asyncio.Task | None = None
         self._reload_lock = asyncio.Lock()
@@ -80,6 +81,7 @@ class Exporter:
             await asyncio.sleep(host.interval)
 
     async def stop(self) -> None:
+        self.assessor.routes.close()  # the PAC sandbox's worker, if one was started
         if self._host_task is not None:
             self._host_task.cancel()
             self._host_task = None
@@ -107,10 +109,12 @@ class Exporter:
                 return False, str(exc)
             self.config = config
             self.env = env
-            self.assessor = Assessor(config, crl_cache=self.assessor.crl_cache, trust=env.trust)
+            self.assessor = Assessor(config, crl_cache=self.assessor.crl_cache, trust=env.trust,
+                                     pac_sandbox=self.assessor.routes.sandbox)
             self.scheduler.set_jobs(config.jobs(), env=env, concurrency=config.concurrency)
             self.store.mark_reload(True)
             if self._task is not None:
                 self._restart_host_collector()
             log.info("config reloaded from %s: %d probe jobs", config.source, len(self.store.jobs))
             return True, ""
+

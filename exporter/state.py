@@ -40,6 +40,8 @@ class Outcome:
     intercepted: bool | None = None
     maps: MapsVerdict | None = None
     crl_urls: tuple[str, ...] = ()
+    # The proxy that carried the probe (DIRECT, or host:port); "" when none was chosen.
+    proxy: str = ""
 
 
 class Histogram:

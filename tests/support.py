@@ -88,7 +88,10 @@ def run_jobs(config: Config) -> dict[tuple[str, str, str], Outcome]:
     async def main() -> dict:
         env = ProbeEnv.from_config(config)
         assessor = Assessor(config, trust=env.trust)
-        outcomes = await asyncio.gather(*(assessor.run(job, env) for job in config.jobs()))
+        try:
+            outcomes = await asyncio.gather(*(assessor.run(job, env) for job in config.jobs()))
+        finally:
+            assessor.routes.close()
         return {job.key: o for job, o in zip(config.jobs(), outcomes)}
 
     return asyncio.run(main())
