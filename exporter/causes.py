@@ -53,6 +53,8 @@ class Cause(enum.StrEnum):
     DEFENDER_SERVICE_DISABLED = "defender_service_disabled"
     WINDOWS_TOO_OLD = "windows_too_old"
     NOT_ELEVATED = "not_elevated"
+    # A route's proxy auto-configuration (PAC file, WPAD) cannot be fetched or evaluated.
+    PAC_FAILURE = "pac_failure"
 
 
 # Where Microsoft documents an hresult of -ValidateMapsConnection (docs/maps-validation.md links both):
@@ -115,6 +117,8 @@ HRESULTS: dict[str, HresultRow] = {
                    alternatives=(Cause.TLS_INSPECTION,)),
         HresultRow("0x80072F05", "ERROR_WINHTTP_SECURE_CERT_DATE_INVALID", Cause.CERTIFICATE_INVALID),
         # --- our inference: an HTTP status as an hresult (FACILITY_HTTP, 0x80190000 | status) ---
+        HresultRow("0x80072F87", "ERROR_WINHTTP_UNABLE_TO_DOWNLOAD_SCRIPT", Cause.PAC_FAILURE),
+        HresultRow("0x80072F86", "ERROR_WINHTTP_BAD_AUTO_PROXY_SCRIPT", Cause.PAC_FAILURE),
         HresultRow("0x80190197", "HTTP_E_STATUS_PROXY_AUTH_REQ (407)", Cause.PROXY_AUTH),
         HresultRow("0x80190193", "HTTP_E_STATUS_FORBIDDEN (403 from the proxy)", Cause.PROXY_DENIED),
     )
@@ -202,6 +206,8 @@ VERDICT_TABLE: dict[str, VerdictRow] = {
         VerdictRow(Finding.CRL_INVALID, _SECURE_FAILURE, Cause.CRL_INVALID),
         VerdictRow(Finding.CRL_STALE, _SECURE_FAILURE, Cause.CRL_INVALID),
         VerdictRow(Finding.TLS_INTERCEPTED, _SECURE_FAILURE, Cause.TLS_INSPECTION),
+        VerdictRow(Reason.PAC_UNREACHABLE, "0x80072F87", Cause.PAC_FAILURE),
+        VerdictRow(Reason.PAC_ERROR, "0x80072F86", Cause.PAC_FAILURE),
     )
 }
 
@@ -260,6 +266,10 @@ REMEDIES: dict[Cause, str] = {
     Cause.NOT_ELEVATED: (
         "MpCmdRun ran without administrator rights: run it from an elevated prompt (the host collector "
         "must run as an administrator or SYSTEM)."),
+    Cause.PAC_FAILURE: (
+        "The route's proxy auto-configuration cannot be used: make the PAC URL (or WPAD's "
+        "http://wpad.<domain>/wpad.dat) reachable from the endpoints, and fix the script so that "
+        "FindProxyForURL returns PROXY host:port or DIRECT entries within a second."),
 }
 
 

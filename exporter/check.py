@@ -53,6 +53,8 @@ def run_check(args: argparse.Namespace) -> int:
         print(f"error: --group: unknown group {unknown[0]!r} (configured: {', '.join(sorted(known))})",
               file=sys.stderr)
         return 2
+    if getattr(args, "routes", False):
+        return run_routes(config, args.group, args.format, sys.stdout)
     jobs = [job for job in config.jobs() if not args.group or job.group.name in args.group]
     results = asyncio.run(_probe_all(config, jobs, progress=sys.stderr if sys.stderr.isatty() else None))
     ok = all(_job_ok(o) for _, o in results)
@@ -189,3 +191,48 @@ def _as_json(results, ok: bool) -> dict:
         "groups": [{"group": name, "targets": rows} for name, rows in groups.items()],
         "maps": maps,
     }
+
+
+# ----------------------------------------------------------------------------- check --routes
+
+
+def run_routes(config, groups: list[str], fmt: str, out: TextIO) -> int:
+    """For every target of the (chosen) groups: what each route gives it, PAC evaluated, no probe.
+    Exit 1 when a route could not say (PAC unreachable or broken), else 0."""
+    rows = asyncio.run(_route_rows(config, groups))
+    ok = not any(row["error"] for row in rows)
+    if fmt == "json":
+        json.dump({"format": JSON_FORMAT_VERSION, "success": ok, "routes": rows}, out, indent=2)
+        out.write("\n")
+        return 0 if ok else 1
+    width = max((len(r["route"] if r["route"] == r["member"] else f"{r['route']}/{r['member']}") for r in rows),
+                default=8)
+    current = None
+    for row in rows:
+        if (row["group"], row["target"]) != current:
+            current = (row["group"], row["target"])
+            out.write(f"\n{row['group']}  {row['target']}\n")
+        name = row["route"] if row["route"] == row["member"] else f"{row['route']}/{row['member']}"
+        out.write(f"  {name:{width}}  {row['error'] or row['proxy']}\n")
+    return 0 if ok else 1
+
+
+async def _route_rows(config, groups: list[str]) -> list[dict]:
+    from .routes import RouteBook
+
+    book = RouteBook(config)
+    rows = []
+    try:
+        for group in config.groups:
+            if groups and group.name not in groups:
+                continue
+            for target in group.targets:
+                for route in config.routes.values():
+                    for member, text in await book.describe(route, target):
+                        failed = text.startswith(("pac_unreachable:", "pac_error:"))
+                        rows.append({"group": group.name, "target": target.url, "route": route.name,
+                                     "member": member, "proxy": None if failed else text,
+                                     "error": text if failed else None})
+    finally:
+        book.close()
+    return rows

@@ -1,7 +1,7 @@
 """Command line: run the exporter, or `check` once at a terminal.
 
     defender-connectivity-exporter [--config.file F] [--web.listen-address :10100] ...
-    defender-connectivity-exporter check [--config.file F] [--group G ...] [--format text|json]
+    defender-connectivity-exporter check [--config.file F] [--group G ...] [--format text|json] [--routes]
 
 Exit codes: 0 fine, 1 a check failed, 2 bad usage or configuration.
 """
@@ -62,6 +62,8 @@ def build_check_parser() -> argparse.ArgumentParser:
     _common(parser)
     parser.add_argument("--group", action="append", default=[], metavar="G", help="only this group (repeatable)")
     parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("--routes", action="store_true",
+                        help="print which proxy every route gives each target (PAC evaluated), without probing")
     return parser
 
 
