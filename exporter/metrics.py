@@ -164,6 +164,16 @@ HOST_WINHTTP_PROXY_CONFIGURED = _spec(
 HOST_SSL_OPTIONS = _spec(
     "defender_host_ssl_options", "gauge",
     "The Spynet SSLOptions registry value (3 = pinning and revocation checks on).", (), always_shown=False)
+HOST_PROXY_SETTINGS = _spec(
+    "defender_host_proxy_settings_info", "gauge",
+    "1 per proxy settings source on the endpoint (defender_policy, winhttp, winhttp_advproxy, "
+    "system_internet_settings) with what it holds (empty: not set; autodetect 1/0).",
+    ("source", "proxy", "bypass", "pac_url", "autodetect"), always_shown=False)
+HOST_ROUTE_MISMATCH = _spec(
+    "defender_host_route_mismatch", "gauge",
+    "1 if the route configured for this site (expected) differs from what the endpoint's settings give "
+    "(found), 0 if they agree: 'proxy host:port', 'pac URL', 'wpad' or 'direct'.", ("route", "expected", "found"),
+    always_shown=False)
 HOST_SIGNATURE_AGE = _spec(
     "defender_host_signature_age_days", "gauge",
     "Age of the installed security intelligence in days (AntivirusSignatureAge).", (), always_shown=False)

@@ -547,3 +547,49 @@ def _failed(failure: RouteFailure, started_at: float) -> ProbeResult:
         success=False, reason=failure.reason, started_at=started_at, duration=time.time() - started_at,
         phases=tuple((p, 0.0) for p in PHASES), detail=failure.detail,
     )
+
+
+# ----------------------------------------------------------------------------- host settings
+
+
+def describe_route(route: Route, routes: Mapping[str, Route]) -> str:
+    """A route as the host side describes settings: 'proxy host:port', 'pac URL', 'wpad', 'direct'.
+    A fallback list is described by its first member that is not direct (what Defender uses first)."""
+    if route.kind == "fallback":
+        for name in route.fallback:
+            text = describe_route(routes[name], routes)
+            if text != "direct":
+                return text
+        return "direct"
+    if route.kind == "proxy":
+        return f"proxy {proxy_label(route.proxy)}"
+    if route.kind == "pac":
+        return f"pac {route.pac}"
+    return route.kind  # wpad | direct
+
+
+def host_route_checks(snapshot, routes: Mapping[str, Route]) -> tuple[tuple[str, str, str], ...]:
+    """(route, expected, found) for the `defender` and `system` routes, where the endpoint's
+    settings were read. Defender: its policy (ProxyServer, else ProxyPacUrl, else direct). System:
+    WinHTTP's advanced settings if any, else `netsh winhttp show proxy`'s proxy, else SYSTEM's
+    Internet settings (KB2623724's order), else direct."""
+    out = []
+    defender = getattr(snapshot, "defender_proxy", None)
+    if defender is not None and "defender" in routes:
+        out.append(("defender", describe_route(routes["defender"], routes), defender.describe()))
+    winhttp = getattr(snapshot, "winhttp", None)
+    advproxy = getattr(snapshot, "winhttp_advproxy", None)
+    internet = getattr(snapshot, "system_internet", None)
+    if "system" in routes and (winhttp is not None or advproxy is not None or internet is not None):
+        if advproxy is not None and advproxy.configured:
+            found = advproxy.describe()
+        elif winhttp is not None and winhttp.configured and winhttp.proxy:
+            from .hostside.proxysettings import ProxySettings
+
+            found = ProxySettings(parsed=True, proxy=winhttp.proxy).describe()
+        elif internet is not None and internet.configured:
+            found = internet.describe()
+        else:
+            found = "direct"
+        out.append(("system", describe_route(routes["system"], routes), found))
+    return tuple(out)

@@ -7,6 +7,7 @@ app and the tests drive it the same way.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ from .config import Config, ConfigError, load_config
 from .hostside import HostConfig, collect_host, emulated_evidence
 from .webconfig import WebConfig, WebConfigError, load_web_config
 from .probes import ProbeEnv
+from .routes import host_route_checks
 from .scheduler import Scheduler
 from .state import ResultStore
 
@@ -73,9 +75,15 @@ class Exporter:
         """Defender's own tools, on their own (longer) interval."""
         while True:
             try:
-                self.store.host_snapshot = await collect_host(host, evidence=emulated_evidence(self.store))
-                for error in self.store.host_snapshot.errors:
+                snapshot = await collect_host(host, evidence=emulated_evidence(self.store))
+                checks = host_route_checks(snapshot, self.config.routes)
+                self.store.host_snapshot = dataclasses.replace(snapshot, route_checks=checks)
+                for error in snapshot.errors:
                     log.warning("host collector: %s", error)
+                for route, expected, found in checks:
+                    if expected != found:
+                        log.warning("route %s is configured as %s, but this endpoint's settings give %s",
+                                    route, expected, found)
             except Exception:  # a parser bug must not end the loop
                 log.exception("host collector failed")
             await asyncio.sleep(host.interval)

@@ -377,7 +377,9 @@ def test_collect_windows_garbage(standin_path, monkeypatch):
     monkeypatch.setenv("STANDIN_SCENARIO", "garbage")
     snap = asyncio.run(collect_host(windows_cfg()))
     assert {e.split(":")[0] for e in snap.errors} == {"mpcmdrun", "netsh", "reg SSLOptions",
-                                                      "reg ProxyServer", "powershell"}
+                                                      "reg ProxyServer", "powershell", "reg ProxyPacUrl",
+                                                      "reg ProxyBypass", "netsh advproxy",
+                                                      "reg SYSTEM Internet Settings"}
     assert host_samples(snap) == []
 
 

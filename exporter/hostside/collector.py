@@ -61,6 +61,15 @@ from exporter.metrics import MetricSpec
 
 from .mdatp import MdatpConnectivity, parse_connectivity_test
 from .mpcmdrun import MapsValidation, parse_validate_maps
+from .proxysettings import (
+    SYSTEM_CONNECTIONS,
+    SYSTEM_INTERNET_SETTINGS,
+    ProxySettings,
+    defender_settings,
+    parse_advproxy,
+    parse_internet_settings,
+    parse_policy_string,
+)
 from .registry import DEFENDER_KEY, SPYNET_KEY, parse_proxy_server, parse_ssl_options
 from .runner import RunResult, run_command
 from .signatures import parse_signature_age
@@ -149,6 +158,14 @@ class HostSnapshot:
     proxy_server: str | None = None  # Defender policy ProxyServer, None when not set
     signature_age_days: int | None = None
     errors: tuple[str, ...] = field(default=())
+    # Proxy settings as the endpoint has them (None: not collected), by source:
+    # Defender's policy (ProxyServer, ProxyPacUrl, ProxyBypass), `netsh winhttp show advproxy`,
+    # SYSTEM's Internet settings (HKU\S-1-5-18).
+    defender_proxy: ProxySettings | None = None
+    winhttp_advproxy: ProxySettings | None = None
+    system_internet: ProxySettings | None = None
+    # (route, expected from the config, found on the host); set by the exporter (routes.py).
+    route_checks: tuple[tuple[str, str, str], ...] = ()
 
 
 def _maps_from_mpcmdrun(v: MapsValidation) -> HostMaps:
@@ -204,6 +221,11 @@ async def collect_host(cfg: HostConfig, *, evidence: Evidence = Evidence()) -> H
         "reg ProxyServer": [cfg.reg, "query", DEFENDER_KEY, "/v", "ProxyServer"],
         "powershell": [cfg.powershell, "-NoProfile", "-NonInteractive", "-Command",
                        "(Get-MpComputerStatus).AntivirusSignatureAge"],
+        "reg ProxyPacUrl": [cfg.reg, "query", DEFENDER_KEY, "/v", "ProxyPacUrl"],
+        "reg ProxyBypass": [cfg.reg, "query", DEFENDER_KEY, "/v", "ProxyBypass"],
+        "netsh advproxy": [cfg.netsh, "winhttp", "show", "advproxy"],
+        "reg SYSTEM Internet Settings": [cfg.reg, "query", SYSTEM_INTERNET_SETTINGS],
+        "reg SYSTEM Connections": [cfg.reg, "query", SYSTEM_CONNECTIONS, "/v", "DefaultConnectionSettings"],
     }
     async with asyncio.TaskGroup() as tg:
         tasks = {k: tg.create_task(run_command(argv, timeout=cfg.timeout)) for k, argv in commands.items()}
@@ -241,7 +263,40 @@ async def collect_host(cfg: HostConfig, *, evidence: Evidence = Evidence()) -> H
             fields["signature_age_days"] = a.days
         else:
             errors.append(f"powershell: {a.error}")
+    _proxy_fields(res, fields, errors, ran)
     return HostSnapshot(mode=mode, taken_at=time.time(), errors=tuple(errors), **fields)
+
+
+def _proxy_fields(res: dict[str, RunResult], fields: dict[str, Any], errors: list[str], ran) -> None:
+    """Defender's PAC/bypass policy values, WinHTTP's advanced settings, SYSTEM's Internet settings."""
+    policy: dict[str, str] = {}
+    for name in ("ProxyPacUrl", "ProxyBypass"):
+        if ran(f"reg {name}", r := res[f"reg {name}"]):
+            ok, value, error = parse_policy_string(r.stdout, name, exit_code=r.exit_code, stderr=r.stderr)
+            if ok:
+                policy[name] = value
+            else:
+                errors.append(f"reg {name}: {error}")
+    if len(policy) == 2 and "proxy_server" in fields:  # all three policy values read
+        fields["defender_proxy"] = defender_settings(fields["proxy_server"], policy["ProxyPacUrl"],
+                                                     policy["ProxyBypass"])
+    r = res["netsh advproxy"]
+    if r.error:
+        errors.append(f"netsh advproxy: {r.error}")
+    else:
+        adv = parse_advproxy(r.stdout)
+        if adv.parsed:
+            fields["winhttp_advproxy"] = adv
+        else:  # older Windows has no advproxy: not an error worth a warning on every collection
+            errors.append(f"netsh advproxy: {adv.error}")
+    if ran("reg SYSTEM Internet Settings", r := res["reg SYSTEM Internet Settings"]):
+        connections = res["reg SYSTEM Connections"]
+        system = parse_internet_settings(r.stdout, connections.stdout if not connections.error else None,
+                                         exit_code=r.exit_code)
+        if system.parsed:
+            fields["system_internet"] = system
+        else:
+            errors.append(f"reg SYSTEM Internet Settings: {system.error}")
 
 
 def host_samples(snapshot: HostSnapshot | None) -> list[tuple[MetricSpec, tuple[str, ...], float]]:
@@ -263,4 +318,15 @@ def host_samples(snapshot: HostSnapshot | None) -> list[tuple[MetricSpec, tuple[
         out.append((metrics.HOST_SSL_OPTIONS, (), float(snapshot.ssl_options)))
     if snapshot.signature_age_days is not None:
         out.append((metrics.HOST_SIGNATURE_AGE, (), float(snapshot.signature_age_days)))
+    settings = [(source, value) for source, value in (
+        ("defender_policy", snapshot.defender_proxy), ("winhttp_advproxy", snapshot.winhttp_advproxy),
+        ("system_internet_settings", snapshot.system_internet)) if value is not None]
+    if snapshot.winhttp is not None:
+        settings.append(("winhttp", ProxySettings(parsed=True, proxy=snapshot.winhttp.proxy or "",
+                                                  bypass=";".join(snapshot.winhttp.bypass))))
+    for source, value in settings:
+        out.append((metrics.HOST_PROXY_SETTINGS,
+                    (source, value.proxy, value.bypass, value.pac_url, "1" if value.autodetect else "0"), 1.0))
+    for route, expected, found in snapshot.route_checks:
+        out.append((metrics.HOST_ROUTE_MISMATCH, (route, expected, found), 0.0 if expected == found else 1.0))
     return out

@@ -8,6 +8,8 @@ MDATP) or else ``STANDIN_SCENARIO``, default ``winhttp_missing``:
 - ``healthy``: MAPS validates, a WinHTTP proxy is set, SSLOptions unset, age 0.
 - ``ssl_workaround``: MAPS validates, no WinHTTP proxy, SSLOptions = 2,
   ProxyServer set, age 9 (full Get-MpComputerStatus list form).
+- ``pac_system``: no WinHTTP proxy (`show proxy`), but `show advproxy` and SYSTEM's Internet
+  settings name a PAC URL, Defender's policy has ProxyPacUrl and ProxyBypass, auto-detect on.
 - ``hang``: sleep for an hour (the caller's timeout must kill it).
 - ``garbage``: print something that is not the tool's output, exit 0.
 """
