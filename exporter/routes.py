@@ -357,6 +357,7 @@ class RouteBook:
                 self.sources[route.name] = WpadSource(route, Route(route.name), resolv_conf)
         # (route, url) -> (script digest, entries or the PacError's words)
         self._answers: OrderedDict[tuple[str, str], tuple[str, tuple | str]] = OrderedDict()
+        self._pending: dict[tuple, asyncio.Future] = {}  # evaluations under way
         self._stalled: dict[str, str] = {}  # script digest -> why: a script that ran past its bound
         self.last_good: dict[str, str] = {}  # fallback route -> member that last carried a success
         self.evaluations: dict[tuple[str, str], int] = {}  # (route, ok|error) -> count
@@ -420,22 +421,13 @@ class RouteBook:
         key = (route.name, url)
         hit = self._answers.get(key)
         if hit is None or hit[0] != digest:
-            host = urlsplit(url).hostname or ""
-            try:
-                if digest in self._stalled:
-                    raise PacError(self._stalled[digest])
-                value = await self.sandbox.evaluate(script.text, url, host)
-                result: tuple | str = parse_result(value)
-                self._count(route.name, "ok")
-            except PacTimeout as exc:
-                # A script that loops for one URL is broken: do not spend a second on every other.
-                self._stalled[digest] = f"the PAC script ran past its bound once ({exc})"
-                result = str(exc)
-                self._count(route.name, "error")
-            except PacError as exc:
-                result = str(exc)
-                self._count(route.name, "error")
-            hit = (digest, result)
+            # One evaluation per (route, URL, script), however many probes ask at once.
+            pending = self._pending.get((key, digest))
+            if pending is None:
+                pending = asyncio.ensure_future(self._evaluate(route.name, script, digest, url))
+                self._pending[(key, digest)] = pending
+                pending.add_done_callback(lambda _: self._pending.pop((key, digest), None))
+            hit = (digest, await asyncio.shield(pending))
             self._answers[key] = hit
             while len(self._answers) > MAX_PLANS:
                 self._answers.popitem(last=False)
@@ -443,6 +435,24 @@ class RouteBook:
         if isinstance(hit[1], str):
             raise RouteFailure(Reason.PAC_ERROR, f"PAC {script.url}: {hit[1]}")
         return hit[1]
+
+    async def _evaluate(self, route: str, script, digest: str, url: str) -> tuple | str:
+        """The parsed answer for `url`, or the PacError's words."""
+        try:
+            if digest in self._stalled:
+                raise PacError(self._stalled[digest])
+            value = await self.sandbox.evaluate(script.text, url, urlsplit(url).hostname or "")
+            result: tuple | str = parse_result(value)
+            self._count(route, "ok")
+        except PacTimeout as exc:
+            # A script that loops for one URL is broken: do not spend a second on every other.
+            self._stalled[digest] = f"the PAC script ran past its bound once ({exc})"
+            result = str(exc)
+            self._count(route, "error")
+        except PacError as exc:
+            result = str(exc)
+            self._count(route, "error")
+        return result
 
     def _count(self, route: str, result: str) -> None:
         self.evaluations[(route, result)] = self.evaluations.get((route, result), 0) + 1

@@ -24,7 +24,7 @@ subprocess.run(["mount", "--bind", str(out / "resolv.conf"), "/etc/resolv.conf"]
 from lab import Files, LabServers, Ok  # noqa: E402
 
 from exporter.assess import Assessor  # noqa: E402
-from exporter.config import load_config  # noqa: E402
+from exporter.config import builtin_catalogue, load_config  # noqa: E402
 from exporter.probes import ProbeEnv  # noqa: E402
 
 WPAD_IP = (out / "wpad_ip").read_text().strip()
@@ -39,7 +39,7 @@ with LabServers() as lab:
         "timeout: 3s\n"
         "routes:\n  auto:\n    wpad: true\n"
         "groups:\n"
-        + "".join(f"  {g}: {{enabled: false}}\n" for g in ("maps", "update", "adl", "submission", "diagnostics"))
+        + "".join(f"  {g}: {{enabled: false}}\n" for g in builtin_catalogue()["groups"] if g != "crl")
         + f"  crl:\n    route: auto\n    targets: ['{TARGET}']\n"
     )
     config = load_config(config_path)
