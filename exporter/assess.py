@@ -227,7 +227,7 @@ class Assessor:
                 statuses.append((facts.subject, RevocationStatus(
                     "unreachable", url, f"{Reason.TIMEOUT}: revocation check not finished within {budget:.1f} s")))
         described = tuple(
-            (url, f"{hop.label} ({hop.how or 'route ' + hop.via})" if isinstance(hop, Hop) else str(hop.reason))
+            (url, f"{hop.label} ({hop.how or 'route ' + hop.via})" if isinstance(hop, Hop) else f"nowhere ({hop.reason})")
             for url, hop in hops.items())
         return ChainRevocation(tuple(statuses), described)
 

@@ -162,6 +162,26 @@ def squid_log(squid, needle: str, *, wait: float = 3.0) -> bool:
         time.sleep(0.05)
 
 
+def run_maps_twice(config, *, pause: float = 0.0):
+    """The maps job run twice by one Assessor (its RouteBook keeps PAC and last-good state):
+    ([first, second] outcomes, the RouteBook)."""
+    from exporter.assess import Assessor
+    from exporter.probes import ProbeEnv
+
+    async def main():
+        env = ProbeEnv.from_config(config)
+        assessor = Assessor(config, trust=env.trust)
+        job = next(j for j in config.jobs() if j.group.name == "maps")
+        try:
+            first = await assessor.run(job, env)
+            await asyncio.sleep(pause)
+            return [first, await assessor.run(job, env)], assessor.routes
+        finally:
+            assessor.routes.close()
+
+    return asyncio.run(main())
+
+
 def _samples(body: str, name: str):
     return [s for f in text_string_to_metric_families(body) for s in f.samples if s.name == name]
 
@@ -315,23 +335,7 @@ def test_pac_fetched_on_its_own_route_and_revalidated(tmp_path, lab_pki, lab_ser
     path = lab.routes_config({"office": {"proxy": squid.url},
                               "defender": {"pac": PAC_URL, "pac_route": "office", "pac_interval": "1s"}},
                              connect_to=lab.direct_crls())
-    config = load_config(path)
-    from exporter.assess import Assessor
-    from exporter.probes import ProbeEnv
-
-    async def main():
-        env = ProbeEnv.from_config(config)
-        assessor = Assessor(config, trust=env.trust)
-        job = next(j for j in config.jobs() if j.group.name == "maps")
-        try:
-            first = await assessor.run(job, env)
-            await asyncio.sleep(1.1)
-            second = await assessor.run(job, env)
-        finally:
-            assessor.routes.close()
-        return first, second, assessor.routes
-
-    first, second, book = asyncio.run(main())
+    (first, second), book = run_maps_twice(load_config(path), pause=1.1)
     assert first.probe.success and second.probe.success, (first.probe.detail, second.probe.detail)
     assert any(f"GET {PAC_URL}" in line for line in squid.access_log_lines())
     assert server.file_requests("/proxy.pac") == 2 and server.not_modified("/proxy.pac") == 1
@@ -367,20 +371,7 @@ def test_fallback_whose_first_member_is_down(tmp_path, lab_pki, lab_servers, squ
         "policy_pac": {"pac": PAC_URL},
         "defender": {"fallback": ["policy_proxy", "policy_pac", "system"]},
     }, connect_to=lab.direct_crls())
-    config = load_config(path)
-    from exporter.assess import Assessor
-    from exporter.probes import ProbeEnv
-
-    async def main():
-        env = ProbeEnv.from_config(config)
-        assessor = Assessor(config, trust=env.trust)
-        job = next(j for j in config.jobs() if j.group.name == "maps")
-        try:
-            return [await assessor.run(job, env) for _ in range(2)], assessor.routes
-        finally:
-            assessor.routes.close()
-
-    (first, second), book = asyncio.run(main())
+    (first, second), book = run_maps_twice(load_config(path))
     squid = f"127.0.0.1:{lab.squid.port}"
     assert first.probe.success and first.proxy == squid, first.probe.detail
     assert second.probe.success and second.proxy == squid
