@@ -13,7 +13,7 @@ Defender do, and runs the attempts in their failover order:
   cached per (route, URL, script version), never per probe. Its entries are
   tried in order; the next one is tried only when a proxy cannot be reached
   (`proxy_unreachable`), as WinHTTP fails over. The entry that carried the
-  probe is reported (`defender_route_proxy_info`).
+  probe is reported (metrics.ROUTE_PROXY_INFO).
 - `wpad: true`: the PAC URL is found by DNS: http://wpad.<domain>/wpad.dat for
   the search domain, walking up one label at a time while two or more labels
   remain (DNS devolution); the first name that resolves is used. DHCP option

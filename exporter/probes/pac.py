@@ -59,7 +59,7 @@ class PacEntry:
 
 
 def proxy_label(proxy: ProxyURL | None) -> str:
-    """How a hop is named in `defender_route_proxy_info{proxy=...}`: DIRECT or host:port."""
+    """How a hop is named in the `proxy` label of metrics.ROUTE_PROXY_INFO: DIRECT or host:port."""
     if proxy is None:
         return "DIRECT"
     host = f"[{proxy.host}]" if ":" in proxy.host else proxy.host
