@@ -148,8 +148,9 @@ def test_variant_changes_the_dashboards(variant):
     for dashboard in (overview, detail):
         for expr in _exprs(dashboard):
             assert 'location=~"$site"' in expr and "site=~" not in expr, expr
-        site_var = next(v for v in dashboard["templating"]["list"] if v["name"] == "site")
-        assert site_var["query"]["query"].endswith(", location)")
+        variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+        assert variables["site"]["query"]["query"].endswith(", location)")
+        assert variables["job"]["query"]["query"] == 'label_values(defender_exporter_build_info{job="dce-prod"}, job)'
     drill = json.dumps(overview)
     assert "/d/acme-dce-target?" in drill and "var-site=${__data.fields.location}" in drill
 

@@ -15,7 +15,7 @@ local lib = import 'lib.libsonnet';
 
   local variables(detail) = [
     lib.datasourceVariable,
-    lib.queryVariable('job', 'Job', 'defender_exporter_build_info', ''),
+    lib.queryVariable('job', 'Job', 'defender_exporter_build_info', c.jobSelector),
     lib.queryVariable('site', 'Site', 'defender_exporter_build_info', 'job=~"$job"', labelName=site),
     lib.queryVariable('instance', 'Instance', 'defender_exporter_build_info', 'job=~"$job", %s=~"$site"' % site),
     lib.queryVariable('group', 'Group', 'defender_target_info', sel),
