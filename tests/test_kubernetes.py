@@ -30,7 +30,7 @@ K8S_VERSION = "1.30.0"  # the oldest Kubernetes the bundle targets (NetworkPolic
 import kubernetes_validate  # noqa: E402
 from cloudcoil.models.prometheus_operator import v1 as monitoring_v1  # noqa: E402
 
-from exporter import web  # noqa: E402
+from exporter import config as exporter_config, web  # noqa: E402
 
 CRD_MODELS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): monitoring_v1.ServiceMonitor,
@@ -248,3 +248,37 @@ def test_networkpolicy_admits_prometheus_and_dns_and_selects_the_exporter(two_si
         assert all("podSelector" not in peer for peer in dns["to"]), dns
         ports = {p["port"] for rule in spec["egress"] for p in rule["ports"]}
         assert {443, 80} <= ports
+
+
+def egress_ports_needed(config_text: str) -> set[int]:
+    """TCP ports the exporter connects to with this config: each probe's proxy or its target's
+    port (direct routes), and the system route's way to CRLs, AIA and OCSP (port 80 or its proxy)."""
+    config = exporter_config.parse_config(config_text, "config.yml")
+    ports = {job.route.proxy.port if job.route.proxy else job.target.port for job in config.jobs()}
+    system = config.routes.get("system")
+    ports.add(system.proxy.port if system is not None and system.proxy else 80)
+    return ports
+
+
+def allowed_egress_ports(policy: dict) -> set[int]:
+    """Ports the policy lets the pod reach anywhere (rules without `to`), TCP."""
+    return {p["port"] for rule in policy["spec"]["egress"] if "to" not in rule
+            for p in rule["ports"] if p.get("protocol", "TCP") == "TCP"}
+
+
+@pytest.mark.parametrize("overlay", ["base", "two_sites"])
+def test_networkpolicy_lets_each_exporter_reach_its_routes_and_the_catalogue(overlay, request):
+    docs = request.getfixturevalue(overlay)
+    configs = {m["metadata"]["labels"]["site"]: m["data"]["config.yml"]
+               for m in of_kind(docs, "ConfigMap") if "config.yml" in m.get("data", {})}
+    for policy in of_kind(docs, "NetworkPolicy"):
+        site = policy["metadata"]["labels"]["site"]
+        needed = egress_ports_needed(configs[site])
+        assert needed <= allowed_egress_ports(policy), (
+            f"{site}: the exporter needs TCP {sorted(needed)}, the NetworkPolicy allows {sorted(allowed_egress_ports(policy))}")
+
+
+def test_egress_ports_follow_the_routes():
+    assert egress_ports_needed("routes: {defender: {proxy: null}, system: {proxy: null}}") == {80, 443}
+    proxied = "routes: {defender: {proxy: 'http://p.example:8080'}, system: {proxy: 'http://p.example:3128'}}"
+    assert egress_ports_needed(proxied) == {8080, 3128}
