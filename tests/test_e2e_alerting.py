@@ -217,6 +217,8 @@ PANELS: dict[tuple[str, str], list[Panel]] = {
     (OVERVIEW, "TLS certificate expiry"): [Panel(sc.HEALTHY, _positive)],
     (OVERVIEW, "CRL freshness"): [Panel(sc.HEALTHY, _positive)],
     (OVERVIEW, "CRL reachability per route"): [Panel(sc.WINHTTP, _some(0))],
+    # The article's failure: the system route cannot fetch the CRLs, so the crl group shows 0 there.
+    (OVERVIEW, "The certificate engine's downloads (system route)"): [Panel(sc.WINHTTP, _some(0))],
     (OVERVIEW, "Firing alerts"): [Panel(sc.WINHTTP, _label("alertname", "DefenderMAPSRevocationCheckBlocked"))],
     (DETAIL, "Probe success"): [Panel(sc.HEALTHY, _all(1), **HEALTHY_MAPS)],
     (DETAIL, "Failure reason"): [Panel(sc.PORT80, _label("reason", "connect_refused"), group="adl",
