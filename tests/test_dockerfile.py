@@ -8,6 +8,7 @@ import fnmatch
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tomllib
@@ -49,12 +50,17 @@ def of(keyword: str) -> list[str]:
     return [args for k, args in instructions() if k == keyword]
 
 
-def test_base_images_are_slim_python_pinned_by_version():
+def test_base_images_are_slim_python_pinned_by_version_and_digest():
     froms = of("FROM")
     assert len(froms) >= 2, "multi-stage: a build stage and a final stage"
-    for args in froms:
-        image = args.split()[0]
-        assert re.fullmatch(r"python:3\.1[1-9]\.\d+-slim-(bookworm|trixie)(@sha256:[0-9a-f]{64})?", image), image
+    images = {args.split()[0] for args in froms}
+    for image in images:
+        assert re.fullmatch(r"python:3\.1[1-9]\.\d+-slim-(bookworm|trixie)@sha256:[0-9a-f]{64}", image), image
+    assert len(images) == 1, f"both stages must build on the same image: {images}"
+    text = (REPO / "Dockerfile").read_text()
+    head = text[:text.index("\nFROM ")]
+    assert re.search(r"(?m)^#.*refresh", head, re.I) and re.search(r"(?m)^#.*(imagetools inspect|crane digest)", head), \
+        "the Dockerfile must say, before its first FROM, how to refresh the pinned digest"
     assert froms[0].split()[-2:][0].upper() == "AS"
     build_stage = froms[0].split()[-1]
     run_steps = " ".join(of("RUN") + of("COPY"))
@@ -77,14 +83,70 @@ def test_exposes_the_default_port():
     assert DEFAULT_LISTEN.rsplit(":", 1)[1] in " ".join(of("EXPOSE")).split()
 
 
-def test_entrypoint_is_the_console_script_and_config_path_is_documented():
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    (entry,) = of("ENTRYPOINT")
-    assert json.loads(entry) == [next(iter(scripts))]
-    assert scripts[json.loads(entry)[0]] == "exporter.cli:main"
-    (cmd,) = of("CMD")
-    assert json.loads(cmd) == [f"--config.file={CONFIG_PATH}"]
+def container_argv(*args: str, env_config: Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """What `docker run IMAGE ARGS...` executes, here: ENTRYPOINT + (ARGS or CMD), with the
+    entry point script that COPY puts on the image's PATH taken from the repository, and the
+    image's ENV (its config path pointed at `env_config` when given, as a mount would)."""
+    entrypoint, cmd = json.loads(of("ENTRYPOINT")[0]), json.loads(of("CMD")[0]) if of("CMD") else []
+    copied = {Path(a.split()[-1]).name: a.split()[-2] for a in of("COPY") if not a.split()[-2].startswith("--")}
+    script = entrypoint[0]
+    assert script in copied, f"ENTRYPOINT {script}: not COPYed into the image"
+    assert any(f"/usr/local/bin/{script}" in a for a in of("COPY")), f"{script} must be on the image's PATH"
+    image_env = dict(re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=(\S+)", " ".join(of("ENV"))))
+    env = {**os.environ, **image_env}
+    if env_config is not None:
+        env["DEFENDER_EXPORTER_CONFIG"] = str(env_config)
+    return ["sh", str(REPO / copied[script]), *entrypoint[1:], *(args or cmd)], env
+
+
+def test_config_path_is_the_documented_one():
+    image_env = dict(re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=(\S+)", " ".join(of("ENV"))))
+    assert image_env["DEFENDER_EXPORTER_CONFIG"] == CONFIG_PATH
+    assert CONFIG_PATH in (REPO / "docker-entrypoint.sh").read_text()
     assert CONFIG_PATH in (REPO / "docs" / "operations.md").read_text()
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert f"exec {next(iter(scripts))} " in (REPO / "docker-entrypoint.sh").read_text()
+
+
+@pytest.mark.netns
+def test_no_arguments_and_no_config_serve_the_builtin_catalogue(tmp_path):
+    """`docker run IMAGE`, nothing mounted: the built-in catalogue, like the binary with no flags."""
+    argv, env = container_argv(env_config=tmp_path / "not-mounted" / "config.yml")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = subprocess.run(["unshare", "-n", sys.executable, str(REPO / "tests" / "helpers" / "netns_scrape.py"),
+                             str(out), " ".join(map(shlex.quote, argv))], env=env, capture_output=True, text=True,
+                            timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr + (out / "stderr.txt").read_text()
+    body = (out / "metrics.txt").read_text()
+    from exporter.config import load_config
+
+    assert body.count("defender_target_info{") == len(load_config(None).jobs())
+    assert "Traceback" not in (out / "stderr.txt").read_text()
+
+
+def test_a_mounted_config_is_used_and_an_explicit_flag_wins(tmp_path, config):
+    argv, env = container_argv("--config.check", env_config=config)
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith(f"{config}: valid"), result.stdout + result.stderr
+
+    other = tmp_path / "other.yml"
+    other.write_text("interval: 1m\n")
+    argv, env = container_argv("--config.check", f"--config.file={other}", env_config=config)
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith(f"{other}: valid"), result.stdout + result.stderr
+
+    argv, env = container_argv("check", "--group", "nosuchgroup", env_config=config)
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "configured: maps" in result.stderr, "check must read the mounted config"
+
+
+def test_a_broken_mounted_config_is_an_error_not_the_catalogue(tmp_path):
+    broken = tmp_path / "config.yml"
+    broken.write_text("groups: [\n")
+    argv, env = container_argv("--config.check", env_config=broken)
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and str(broken) in result.stderr, result.stdout + result.stderr
 
 
 def test_no_secrets_in_the_image():
