@@ -147,8 +147,8 @@ def test_test_command_uses_its_own_venv_and_leaves_services_alone(tmp_path):
     assert venv_python.exists(), f"{test_command} did not create .venv"
     probe = "import sys, exporter; print(sys.base_prefix, exporter.__file__)"
     base, where = subprocess.run([str(venv_python), "-c", probe], capture_output=True, text=True,
-                                 check=True, cwd=tmp_path).stdout.split()
+                                 check=True, cwd=tmp_path, env=env).stdout.split()
     assert base == "/usr" and where.startswith(str(copy)), (base, where)
     assert (copy / ".venv" / "bin" / "defender-connectivity-exporter").exists()
-    system = subprocess.run([str(SYSTEM_PYTHON), "-c", "import exporter"], capture_output=True, cwd=tmp_path)
+    system = subprocess.run([str(SYSTEM_PYTHON), "-c", "import exporter"], capture_output=True, cwd=tmp_path, env=env)
     assert system.returncode != 0, "the package ended up in the system Python"
