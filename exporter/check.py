@@ -23,12 +23,14 @@ import argparse
 import asyncio
 import json
 import sys
+from collections import Counter
 from typing import TextIO
 
 from .causes import REMEDIES, Cause
 from .causes import mpcmdrun_line as failure_line
 from .config import ConfigError, load_config
 from .state import MapsVerdict, Outcome
+from .wording import plural
 
 JSON_FORMAT_VERSION = 1
 
@@ -148,8 +150,36 @@ def _print_text(results, out: TextIO) -> None:
             remedy = _remedy(verdict.cause)
             if remedy:
                 out.write(f"  fix:    {remedy}\n")
-    failed = sum(1 for _, o in results if not _job_ok(o))
-    out.write(f"\n{len(results) - failed} of {len(results)} checks passed.\n")
+    out.write(f"\n{summary_line(results)}\n")
+
+
+def summary_line(results) -> str:
+    """What passed and, first, what failed: the probes (by reason) and the MAPS verdicts (by
+    cause), so a green table above a failed verdict is not summed up as "0 of 1 checks passed".
+
+        OK: all 5 probes succeeded; the MAPS verdict is valid.
+        FAILED: the MAPS verdict is invalid (winhttp_proxy_missing, hr=0x80072F8F); the probe succeeded.
+    """
+    probes = [o.probe for _, o in results]
+    failed = [p for p in probes if not p.success]
+    if failed:
+        reasons = Counter(str(p.reason) for p in failed)
+        by_reason = ", ".join(f"{reason}: {count}" for reason, count in reasons.most_common())
+        probe_part = ("the probe failed" if len(probes) == 1 else f"{len(failed)} of {len(probes)} probes failed")
+        probe_part += f" ({by_reason})"
+    else:
+        probe_part = "the probe succeeded" if len(probes) == 1 else f"all {plural(len(probes), 'probe')} succeeded"
+    verdicts = [o.maps for _, o in results if o.maps is not None]
+    invalid = [v for v in verdicts if not v.valid]
+    parts_failed, parts_ok = ([probe_part], []) if failed else ([], [probe_part])
+    if invalid:
+        causes = " / ".join(dict.fromkeys(f"{v.cause}, hr={v.hresult}" for v in invalid))
+        parts_failed.append(f"the MAPS verdict is invalid ({causes})" if len(verdicts) == 1 else
+                            f"{len(invalid)} of {len(verdicts)} MAPS verdicts are invalid ({causes})")
+    elif verdicts:
+        parts_ok.append("the MAPS verdict is valid" if len(verdicts) == 1 else
+                        f"all {len(verdicts)} MAPS verdicts are valid")
+    return ("FAILED: " if parts_failed else "OK: ") + "; ".join(parts_failed + parts_ok) + "."
 
 
 def _as_json(results, ok: bool) -> dict:

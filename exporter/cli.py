@@ -3,23 +3,32 @@
     defender-connectivity-exporter [--config.file F] [--web.listen-address :10100] ...
     defender-connectivity-exporter check [--config.file F] [--group G ...] [--format text|json] [--routes]
 
-Exit codes: 0 fine, 1 a check failed, 2 bad usage or configuration.
+Exit codes: 0 fine, 1 a check failed, 2 bad usage or configuration, 141 (128 + SIGPIPE) the
+reader of the output went away (`check | head -1`), as for any Unix tool.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import logging
+import os
 import signal
 import sys
 
 from . import __version__
 from .config import ConfigError, load_config
 from .logs import LEVELS, setup
+from .wording import http_url, plural
 
 DEFAULT_LISTEN = ":10100"
 SHUTDOWN_GRACE = 4.0  # seconds; SIGTERM must end the process within 5 s
+PROG = "defender-connectivity-exporter"
+# The subcommands: the first word on the command line; without one, the exporter serves.
+COMMANDS = {
+    "check": "probe every target once, print the results and the MAPS verdict",
+}
 
 log = logging.getLogger("exporter")
 
@@ -29,8 +38,27 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    commands: tuple[str, ...] = ()  # the words this parser's program takes as a first argument
+
     def error(self, message: str):  # exit 2 with one line, as argparse does, but raise instead
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(f"{self.prog}: {message}{self._hint(message)}\nSee '{self.prog} --help'.")
+
+    def _hint(self, message: str) -> str:
+        """For an unknown word, what was probably meant."""
+        prefix = "unrecognized arguments: "
+        if not message.startswith(prefix):
+            return ""
+        word = message[len(prefix):].split()[0]
+        if word.startswith("-"):
+            options = [o for action in self._actions for o in action.option_strings]
+            close = difflib.get_close_matches(word.split("=", 1)[0], options, n=1, cutoff=0.6)
+            return f" (did you mean {close[0]}?)" if close else ""
+        if not self.commands:
+            return f" ({self.prog} takes no positional arguments)"
+        close = difflib.get_close_matches(word, self.commands, n=1, cutoff=0.5)
+        known = ", ".join(self.commands)
+        return f" ({word!r} is not a command; did you mean {close[0]!r}?)" if close else \
+            f" ({word!r} is not a command; commands: {known})"
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +69,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="defender-connectivity-exporter",
-                     description="Prometheus exporter: can Microsoft Defender Antivirus reach its cloud services?")
+    width = max(map(len, COMMANDS)) + 2
+    commands = "\n".join(f"  {name:{width}}{text}" for name, text in COMMANDS.items())
+    parser = _Parser(
+        prog=PROG,
+        usage=f"%(prog)s [OPTIONS]            serve /metrics and the status page\n"
+              + "".join(f"       %(prog)s {name} [OPTIONS]\n" for name in COMMANDS),
+        description="Prometheus exporter: can Microsoft Defender Antivirus reach its cloud services?",
+        epilog=f"commands:\n{commands}\n\n'%(prog)s COMMAND --help' shows the options of a command.\n"
+               "Exit codes: 0 fine, 1 a check failed, 2 bad usage or configuration.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.commands = tuple(COMMANDS)
     _common(parser)
     parser.add_argument("--config.check", dest="config_check", action="store_true",
                         help="validate the configuration and exit (0 valid, 2 invalid)")
@@ -57,8 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_check_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="defender-connectivity-exporter check",
-                     description="Probe every target once, print the results and the MAPS verdict.")
+    parser = _Parser(prog=f"{PROG} check",
+                     description="Probe every target once, print the results and the MAPS verdict.",
+                     epilog="Exit codes: 0 every check passed, 1 a probe failed or a MAPS verdict is invalid, "
+                            "2 bad usage or configuration.")
     _common(parser)
     parser.add_argument("--group", action="append", default=[], metavar="G", help="only this group (repeatable)")
     parser.add_argument("--format", choices=("text", "json"), default="text")
@@ -76,7 +115,30 @@ def parse_listen_address(text: str) -> tuple[str | None, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        try:
+            code = _run(sys.argv[1:] if argv is None else argv)
+        except SystemExit as exc:  # argparse's --help and --version
+            code = exc.code if isinstance(exc.code, int) else 0
+        sys.stdout.flush()  # here, not at exit, so a closed pipe is seen below
+        return code
+    except BrokenPipeError:
+        return _reader_went_away()
+
+
+def _reader_went_away() -> int:
+    """`check | head -1`: the reader has closed the pipe. Stop quietly with the status of a Unix
+    tool that SIGPIPE ended (Python ignores SIGPIPE, so the write raised instead)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):  # nothing left to flush into the closed pipe at exit
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError):
+            pass
+    return 128 + signal.SIGPIPE
+
+
+def _run(argv: list[str]) -> int:
     try:
         if argv and argv[0] == "check":
             args = build_check_parser().parse_args(argv[1:])
@@ -88,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         setup(args.log_level, args.log_format)
         config = load_config(args.config_file)
         if args.config_check:
-            print(f"{config.source}: valid ({len(config.jobs())} probe jobs in {len(config.groups)} groups)")
+            print(f"{config.source}: valid ({plural(len(config.jobs()), 'probe job')} in "
+                  f"{plural(len(config.groups), 'group')})")
             return 0
         host, port = parse_listen_address(args.listen_address)
         with asyncio.Runner(loop_factory=_loop_factory(args.event_loop)) as runner:
@@ -146,8 +209,10 @@ async def _serve(config, args, host: str | None, port: int) -> int:
     full_collections = FullCollections()
     full_collections.start()
     scheme = "https" if web_config and web_config.tls else "http"
-    log.info("listening on %s://%s:%d with %d probe jobs from %s (event loop: %s)", scheme, host or "0.0.0.0",
-             port, len(config.jobs()), config.source, type(asyncio.get_running_loop()).__module__.split(".")[0])
+    # No host: every address, IPv4 and IPv6, written as Prometheus writes it.
+    log.info("listening on %s with %s from %s (event loop: %s)", http_url(scheme, host or "::", port),
+             plural(len(config.jobs()), "probe job"), config.source,
+             type(asyncio.get_running_loop()).__module__.split(".")[0])
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

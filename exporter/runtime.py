@@ -18,10 +18,13 @@ from .collector import DefenderCollector
 from .config import Config, ConfigError, load_config
 from .hostside import HostConfig, collect_host, emulated_evidence
 from .webconfig import WebConfig, WebConfigError, load_web_config
+from .wording import plural
+from .ondemand import Redactor
 from .probes import ProbeEnv
 from .routes import host_route_checks
 from .scheduler import Scheduler
 from .state import ResultStore
+from .statelog import StateLog
 
 log = logging.getLogger("exporter")
 
@@ -41,6 +44,8 @@ class Exporter:
         self.scheduler = Scheduler(self.store, self.env, config.jobs(), concurrency=config.concurrency,
                                    runner=self._run_job)
         self.store.mark_reload(True)
+        # Info lines on what changed, a summary after the first round (exporter/statelog.py).
+        self.state_log = StateLog(self.store, redact=Redactor(config))
         self.collector = DefenderCollector(self.store, crl_cache=self.assessor.crl_cache,
                                            route_samples=lambda: self.assessor.routes.samples())
         self._task: asyncio.Task | None = None
@@ -119,10 +124,11 @@ class Exporter:
             self.env = env
             self.assessor = Assessor(config, crl_cache=self.assessor.crl_cache, trust=env.trust,
                                      pac_sandbox=self.assessor.routes.sandbox)
+            self.state_log.redact = Redactor(config)
             self.scheduler.set_jobs(config.jobs(), env=env, concurrency=config.concurrency)
             self.store.mark_reload(True)
             if self._task is not None:
                 self._restart_host_collector()
-            log.info("config reloaded from %s: %d probe jobs", config.source, len(self.store.jobs))
+            log.info("config reloaded from %s: %s", config.source, plural(len(self.store.jobs), "probe job"))
             return True, ""
 

@@ -26,6 +26,7 @@ from .ondemand import NotAllowed, ProbeLimits, RateLimiter, Redactor
 from .runtime import Exporter
 from .statuspage import render_config, render_status
 from .webconfig import WebConfig
+from .wording import plural
 
 log = logging.getLogger("exporter.web")
 
@@ -161,7 +162,7 @@ async def reload(request: web.Request) -> web.Response:
     exporter = request.app[EXPORTER_KEY]
     ok, error = await exporter.reload()
     if ok:
-        return web.Response(text=f"Reloaded: {len(exporter.store.jobs)} probe jobs.\n")
+        return web.Response(text=f"Reloaded: {plural(len(exporter.store.jobs), 'probe job')}.\n")
     # ConfigError messages never echo a proxy URL; redact against the running config anyway.
     return web.Response(status=500,
                         text=f"Reload failed; the running configuration is kept.\n{Redactor(exporter.config)(error)}\n")

@@ -71,7 +71,7 @@ def test_all_pass_exit_0_and_mpcmdrun_words(maps_lab):
     assert re.search(r"RESULT\s+LATENCY\s+TARGET\s+ROUTE\s+REASON", out)
     assert re.search(r"^\s+ok\s+[\d.]+ms\s+https://wdcp\.microsoft\.com/\s+defender\s+HTTP 200", out, re.MULTILINE)
     assert OK_LINE in out
-    assert "1 of 1 checks passed." in out
+    assert out.splitlines()[-1] == "OK: the probe succeeded; the MAPS verdict is valid."
     assert "probing" not in result.stderr  # not a terminal: no progress
 
 
@@ -86,7 +86,9 @@ def test_the_trap_exit_1_with_cause_and_remedy(maps_lab, squid_factory):
     assert lines[i + 1].startswith("  reason: crl_unreachable")
     assert lines[i + 2] == "  cause:  winhttp_proxy_missing"
     assert lines[i + 3].startswith("  fix:    ") and "netsh winhttp set proxy" in lines[i + 3]
-    assert "0 of 1 checks passed." in out
+    # The last line names what failed: the verdict, not "0 of 1 checks passed" under a green row.
+    assert out.splitlines()[-1] == ("FAILED: the MAPS verdict is invalid (winhttp_proxy_missing, hr=0x80072F8F); "
+                                    "the probe succeeded.")
 
 
 def test_console_script_and_group_filter(maps_lab, lab_servers):
@@ -215,3 +217,25 @@ def test_streamlined_profile_validates_the_tenant_geographys_mdav_host(tmp_path,
     assert verdict["target"] == f"https://{host}/mdav/test" and verdict["valid"] is True
     text = run_check("--config.file", str(config)).stdout
     assert text.startswith("Catalogue: streamlined connectivity (*.endpoint.security.microsoft.com), region eu\n")
+
+
+def test_summary_line_counts_with_plurals_and_failures_first():
+    from types import SimpleNamespace as NS
+
+    from exporter.check import summary_line
+
+    def row(success=True, reason=None, verdict=None):
+        return (None, NS(probe=NS(success=success, reason=reason), maps=verdict))
+
+    def verdict(valid, cause="", hresult=""):
+        return NS(valid=valid, cause=cause, hresult=hresult)
+
+    assert summary_line([row(), row(), row(verdict=verdict(True))]) == \
+        "OK: all 3 probes succeeded; the MAPS verdict is valid."
+    assert summary_line([row(False, "dns_error")]) == "FAILED: the probe failed (dns_error: 1)."
+    dns = verdict(False, "dns_failure", "0x80072EE7")
+    assert summary_line([row(False, "dns_error", dns), row(False, "dns_error", dns), row(False, "connect_timeout")]) == \
+        ("FAILED: 3 of 3 probes failed (dns_error: 2, connect_timeout: 1); "
+         "2 of 2 MAPS verdicts are invalid (dns_failure, hr=0x80072EE7).")
+    assert summary_line([row(), row(verdict=verdict(True)), row(verdict=verdict(True))]) == \
+        "OK: all 3 probes succeeded; all 2 MAPS verdicts are valid."

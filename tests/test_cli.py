@@ -8,6 +8,7 @@ fails to resolve, clearly, and nothing crashes.
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -109,6 +110,94 @@ def test_every_metric_in_the_contract_is_documented_with_its_type_and_labels():
         if not per_target and spec.labels:
             assert "(no " in labels_cell or spec.name.startswith(("defender_crl_", "defender_exporter_")), \
                 f"README must say {spec.name} lacks the per-target labels"
+
+
+def test_help_shows_the_subcommands():
+    result = subprocess.run([sys.executable, "-m", "exporter", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    usage = result.stdout.split("\n\n")[0]
+    assert re.search(r"^\s+defender-connectivity-exporter check ", usage, re.M), usage
+    assert re.search(r"^commands:\n  check\s+probe every target once", result.stdout, re.M), result.stdout
+
+
+@pytest.mark.parametrize("args, hint", [
+    (["chekc"], "'chekc' is not a command; did you mean 'check'?"),
+    (["status"], "'status' is not a command; commands: check"),
+    (["--config-file", "x.yml"], "did you mean --config.file?"),
+    (["check", "--formt", "json"], "did you mean --format?"),
+])
+def test_an_unknown_word_gets_a_hint(args, hint):
+    result = subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "unrecognized arguments" in result.stderr
+    assert hint in result.stderr and "--help" in result.stderr, result.stderr
+
+
+def _reader_gone(args: list[str]) -> subprocess.CompletedProcess:
+    """Run with stdout a pipe whose reader has already gone (what `| head -1` becomes once head
+    exits), deterministically: the read end is closed before the program writes."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([sys.executable, "-m", "exporter", *args], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=60)
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["check", "--help"], ["--config.check"]],
+                         ids=["help", "version", "check-help", "config-check"])
+def test_a_closed_pipe_ends_quietly(args):
+    result = _reader_gone(args)
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+    assert result.returncode == 128 + signal.SIGPIPE, result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_check_into_a_closed_pipe_ends_quietly(tmp_path, lab_pki, lab_servers, fmt):
+    """`check | head -1`, `check --format json | head -c 10`."""
+    server = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_leaf("wdcp.microsoft.com"))
+    config = lab_config(tmp_path, {"maps": ["https://wdcp.microsoft.com/"]},
+                        connect_to=[server.connect_to("wdcp.microsoft.com", 443)], ca_file=lab_pki.ca_bundle_path,
+                        ssl_options=0)
+    result = _reader_gone(["check", "--config.file", str(config), "--format", fmt])
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+    assert result.returncode == 128 + signal.SIGPIPE, result.stderr
+    # and through a real shell pipeline, as a user types it
+    head = "head -1" if fmt == "text" else "head -c 10"
+    piped = subprocess.run(["bash", "-c", f"set -o pipefail; {shlex.join([sys.executable, '-m', 'exporter'])} check "
+                            f"--config.file {shlex.quote(str(config))} --format {fmt} | {head}"],
+                           capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in piped.stderr and piped.returncode in (0, 128 + signal.SIGPIPE), piped.stderr
+    assert piped.stdout
+
+
+def test_counts_are_worded_in_the_singular_and_plural(tmp_path):
+    one = lab_config(tmp_path, {"maps": ["https://wdcp.microsoft.com/"]}, name="one.yml")
+    two = lab_config(tmp_path, {"maps": ["https://wdcp.microsoft.com/", "https://x.wdcp.microsoft.com/"],
+                                "adl": ["http://go.microsoft.com/"]}, name="two.yml")
+    for config, words in ((one, "(1 probe job in 1 group)"), (two, "(3 probe jobs in 2 groups)")):
+        result = subprocess.run([sys.executable, "-m", "exporter", "--config.file", str(config), "--config.check"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and result.stdout.strip().endswith(words), result.stdout + result.stderr
+
+
+def test_an_ipv6_listen_address_is_logged_in_brackets(tmp_path):
+    config = lab_config(tmp_path, {"maps": ["https://wdcp.microsoft.com/"]},
+                        connect_to=["wdcp.microsoft.com:443:127.0.0.1:9"])
+    port = free_port("::1")
+    proc = subprocess.Popen([sys.executable, "-m", "exporter", "--config.file", str(config),
+                             "--web.listen-address", f"[::1]:{port}"], stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        deadline = time.time() + 30
+        while "listening" not in line and time.time() < deadline and proc.poll() is None:
+            line = proc.stderr.readline()
+        assert f"listening on http://[::1]:{port} with 1 probe job from" in line, line
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
 
 
 def test_bad_usage_exits_2():

@@ -220,7 +220,7 @@ def _ports_free(ip: str, ports: tuple[int, ...]) -> bool:
 
 def free_port(ip: str = "127.0.0.1") -> int:
     """A port that was free a moment ago on `ip` (the usual bind-to-0 trick; racy but fine)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((ip, 0))
         return int(s.getsockname()[1])
 
