@@ -82,9 +82,16 @@ def test_status_page_in_a_browser(noc_lab):
             text = driver.find_element("tag name", "body").text
             summary = driver.find_element("id", "summary").text
             maps_box = driver.find_element("id", "maps").text
-            rows = driver.find_elements("css selector", "tbody tr")
-            row_text = {r.find_element("css selector", ".target").text: r.text for r in rows}
-            debug_links = [a.get_attribute("href") for a in driver.find_elements("link text", "debug probe")]
+            rows = driver.find_elements("css selector", "#failing tr.fail, #failing tr.ok")
+            row_text = {}
+            for r in rows:
+                targets = r.find_elements("css selector", "td > .target")
+                if targets:
+                    row_text[targets[0].text] = r.text
+            ok_line = driver.find_element("css selector", "#failing tr.ok")
+            ok_line_text, ok_line_hidden = ok_line.text, ok_line.get_attribute("textContent")
+            debug_links = [a.get_attribute("href") for a in driver.find_elements("link text", "debug")]
+            legend = driver.find_element("id", "legend").text
             metrics_link = driver.find_element("link text", "/metrics").get_attribute("href")
             scripts = driver.find_elements("tag name", "script")
             status_font = driver.find_element("css selector", "tbody .status").value_of_css_property("font-size")
@@ -100,11 +107,15 @@ def test_status_page_in_a_browser(noc_lab):
             driver.quit()
 
     assert summary == "FAILING: 2 of 4 probes failing, MAPS validation fails on 2"
-    # Each row says its status in words, not colour alone.
-    assert row_text[UPDATE_OK].startswith("✔ OK")
+    # Each row says its status in words, not colour alone; failing first, the healthy target of a
+    # failing group folded into one line (its URL behind "show the target").
+    assert ok_line_text.startswith("✔ OK") and "1 other target OK" in ok_line_text
+    assert UPDATE_OK in ok_line_hidden and UPDATE_OK not in ok_line_text
     for url in (MAPS_EXPIRED, UPDATE_REFUSED):
         assert row_text[url].startswith("✘ FAILING"), row_text[url]
-    assert "tls_expired" in row_text[MAPS_EXPIRED] and "has expired" in row_text[MAPS_EXPIRED]
+    assert "tls_expired" in row_text[MAPS_EXPIRED] and "expired at" in row_text[MAPS_EXPIRED]
+    # Each reason shown is explained once, under the table.
+    assert "tls_expired: a certificate in the chain has expired" in legend and "connect_refused: " in legend
     assert "connect_refused" in row_text[UPDATE_REFUSED]
     # The MAPS probe itself succeeds, but the verdict fails on the CRLs: the article's trap.
     assert row_text[MAPS_OK].startswith("✔ OK") and "INVALID" in row_text[MAPS_OK]
@@ -116,11 +127,11 @@ def test_status_page_in_a_browser(noc_lab):
     assert HOSTILE_DESCRIPTION in text
     assert scripts == []
     # Ages and latencies are there.
-    assert " s ago" in row_text[UPDATE_OK] and " ms" in row_text[UPDATE_OK]
+    assert " s ago" in row_text[UPDATE_REFUSED] and " ms" in row_text[UPDATE_REFUSED]
     assert metrics_link.endswith("/metrics")
-    assert len(debug_links) == 4
+    assert len(debug_links) == 3, "one per failing row (the healthy target's is in its folded list)"
     query = parse_qs(urlsplit(debug_links[0]).query)
-    assert query["debug"] == ["true"] and query["target"][0] in (MAPS_OK, MAPS_EXPIRED, UPDATE_OK, UPDATE_REFUSED)
+    assert query["debug"] == ["true"] and query["target"][0] in (MAPS_OK, MAPS_EXPIRED, UPDATE_REFUSED)
     assert "On-demand probe of" in debug_text
     assert float(status_font.removesuffix("px")) >= 18
 
@@ -153,3 +164,124 @@ def test_page_before_any_result_says_pending(tmp_path):
     page = render_status(config, store)
     assert "PENDING: 1 of 1 probes have no result yet" in page
     assert "MAPS connection: PENDING" in page
+
+
+# ------------------------------------------------------------------ layout at NOC screen widths
+
+WIDTHS = (1366, 1920, 3840)
+LONG_DETAIL = ("CONNECT ussus4westprod.blob.core.windows.net:443 answered 503 Service Unavailable by the proxy "
+               "(X-Squid-Error: ERR_CONNECT_FAIL 111) after 2.9 s; the proxy could not reach the server")
+
+
+def _layout(driver, width: int, height: int = 1080) -> dict:
+    """What the eye checks: overflow, clipped status badges, order, the reason column's width."""
+    driver.set_window_size(width, height)
+    return driver.execute_script("""
+        const doc = document.documentElement;
+        const clipped = [...document.querySelectorAll('.status')].filter(e => e.offsetParent !== null)
+            .filter(e => e.scrollWidth > e.clientWidth + 1 || e.getBoundingClientRect().right > window.innerWidth)
+            .map(e => e.textContent);
+        const verdicts = [...document.querySelectorAll('td:nth-child(7) .status')].map(e => e.textContent);
+        const rows = [...document.querySelectorAll('#failing tr.fail, #failing tr.pending, #failing tr.ok')]
+            .map(r => r.className);
+        const reasons = [...document.querySelectorAll('#failing tr.fail td:nth-child(4)')]
+            .map(td => td.getBoundingClientRect().width);
+        const healthy = [...document.querySelectorAll('.healthy > li')].map(li => li.getBoundingClientRect().height);
+        const line = parseFloat(getComputedStyle(document.body).lineHeight);
+        const y = id => { const e = document.getElementById(id); return e ? e.getBoundingClientRect().top : null; };
+        return {overflow: doc.scrollWidth - window.innerWidth, clipped, verdicts, rows, reasons, healthy, line,
+                height: doc.scrollHeight, failing_y: y('attention'), healthy_y: y('healthy'),
+                font: parseFloat(getComputedStyle(document.body).fontSize)};
+    """)
+
+
+def _shoot(driver, name: str, width: int, height: int) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    driver.set_window_size(width, max(height, 600))
+    driver.save_screenshot(str(ARTIFACTS / f"{name}-{width}.png"))
+
+
+def _mixed_store(tmp_path):
+    """Failing, healthy and collapsed groups with long URLs and long details."""
+    long_url = "http://ctldl.windowsupdate.com/msdownload/update/v3/static/trustedr/en/disallowedcertstl.cab"
+    submission = [f"https://ussus{i}westprod.blob.core.windows.net/" for i in range(1, 9)]
+    path = lab_config(tmp_path, {
+        "maps": {"targets": [MAPS_OK, MAPS_EXPIRED]},
+        "update": [UPDATE_OK, "https://www.microsoft.com/security/encyclopedia/adlpackages.aspx"],
+        "ctl": [long_url],
+        "submission": submission,
+        "diagnostics": ["https://v10.events.data.microsoft.com/", "https://settings-win.data.microsoft.com/"],
+    })
+    config = load_config(path)
+    store = ResultStore()
+    store.set_jobs(config.jobs())
+    now = time.time()
+    for job in config.jobs():
+        url = job.target.url
+        if url == MAPS_OK:
+            outcome = Outcome(ProbeResult(True, None, now - 3, 0.21, (), http_status=200),
+                              maps=MapsVerdict(False, reason="crl_unreachable", hresult="0x80072F8F",
+                                               cause="winhttp_proxy_missing", detail=LONG_DETAIL))
+        elif url == MAPS_EXPIRED:
+            outcome = Outcome(ProbeResult(False, "tls_expired", now - 4, 0.05, (), detail=LONG_DETAIL),
+                              maps=MapsVerdict(False, reason="tls_expired", hresult="0x80072F8F",
+                                               cause="certificate_invalid"))
+        elif url == long_url or url in submission:
+            outcome = Outcome(ProbeResult(False, "proxy_error", now - 5, 2.9, (), detail=LONG_DETAIL))
+        else:
+            outcome = Outcome(ProbeResult(True, None, now - 6, 0.04, (), http_status=200))
+        store.record(job, outcome)
+    return config, store, now
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_layout_at_noc_widths(tmp_path, width):
+    config, store, now = _mixed_store(tmp_path)
+    page = tmp_path / "status.html"
+    page.write_text(render_status(config, store, now=now))
+    driver = chromium()
+    try:
+        driver.get(page.as_uri())
+        got = _layout(driver, width)
+        _shoot(driver, "status-mixed", width, got["height"] + 50)
+    finally:
+        driver.quit()
+    assert got["overflow"] <= 0, f"{got['overflow']} px of horizontal scrolling at {width} px"
+    assert not got["clipped"], f"status text cut at {width} px: {got['clipped']}"
+    assert got["verdicts"] and all(v in ("✔ VALID", "✘ INVALID") for v in got["verdicts"]), got["verdicts"]
+    # Failing targets first, healthy groups after them, one line each.
+    assert got["failing_y"] < got["healthy_y"]
+    assert got["rows"][0] == "fail", got["rows"]
+    assert len(got["healthy"]) == 2 and max(got["healthy"]) < 2.2 * got["line"], got["healthy"]  # update, diagnostics
+    # The submission group's eight identical failures are one row, not eight.
+    assert len([r for r in got["rows"] if r == "fail"]) == 4, got["rows"]  # maps x2, ctl, submission
+    # Reasons get room: at least ~22 characters a line, whatever the URLs.
+    assert min(got["reasons"]) >= 22 * got["font"] * 0.55, (got["reasons"], got["font"])
+
+
+def test_builtin_catalogue_offline_fits_two_screens(tmp_path):
+    """The exporter's own page for the built-in catalogue with no network (every target fails),
+    fetched inside a network namespace, shown at 1920x1080 and the other widths."""
+    out = tmp_path / "out"
+    out.mkdir()
+    import subprocess
+    import sys
+
+    result = subprocess.run(["unshare", "-n", sys.executable, str(Path(__file__).parent / "helpers" / "netns_scrape.py"),
+                             str(out)], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    page = out / "status.html"
+    assert "FAILING" in page.read_text()
+    driver = chromium()
+    try:
+        driver.get(page.as_uri())
+        results = {}
+        for width in WIDTHS:
+            results[width] = _layout(driver, width)
+            _shoot(driver, "status-offline", width, results[width]["height"] + 50)
+    finally:
+        driver.quit()
+    for width, got in results.items():
+        assert got["overflow"] <= 0, (width, got["overflow"])
+        assert not got["clipped"], (width, got["clipped"])
+    assert results[1920]["height"] <= 2 * 1080, f"{results[1920]['height']} px: more than two screens at 1920x1080"

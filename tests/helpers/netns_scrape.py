@@ -6,7 +6,7 @@ Usage: unshare -n python3 netns_scrape.py OUT_DIR [SHELL_COMMAND]
 Without SHELL_COMMAND, starts the installed console script on 127.0.0.1:10100. With it, runs
 `bash -c SHELL_COMMAND` (e.g. the README's install-and-run line, as written) in its own process
 group and waits for an exporter on the default port 10100.
-Writes OUT_DIR/metrics.txt, OUT_DIR/ready.txt, OUT_DIR/stderr.txt, OUT_DIR/shutdown_seconds.txt.
+Writes OUT_DIR/metrics.txt, OUT_DIR/status.html (the status page), OUT_DIR/ready.txt, OUT_DIR/stderr.txt, OUT_DIR/shutdown_seconds.txt.
 """
 
 import os
@@ -48,6 +48,8 @@ if not ready:
     sys.exit(f"no exporter became ready on {base} (exit code {proc.wait()}); see {out / 'stderr.txt'}")
 with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
     (out / "metrics.txt").write_bytes(r.read())
+with urllib.request.urlopen(base + "/", timeout=10) as r:
+    (out / "status.html").write_bytes(r.read())
 started = time.time()
 if shell_command is None:
     proc.send_signal(signal.SIGTERM)
