@@ -7,6 +7,7 @@ the test fails, not skips, without them (`apt-get install prometheus prometheus-
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -338,3 +339,41 @@ def test_alertmanager_example_pages_on_maps_and_tickets_the_rest():
     result = _run(_tool("amtool"), "config", "routes", "test", "--config.file", str(EXAMPLES / "alertmanager.yml"),
                   "--verify.receivers=tickets", "alertname=DefenderCRLUnreachable", "severity=warning", "site=stockholm")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_runbook_commands_check_with_the_sites_config():
+    """`check` without --config.file probes the built-in catalogue directly, bypassing the site's
+    routes: every `check` a runbook tells an operator to run names the config file."""
+    text = RUNBOOKS.read_text()
+    commands = re.findall(r"`(defender-connectivity-exporter check[^`]*)`", text)
+    assert commands, "the runbooks name no check command"
+    for command in commands:
+        assert "--config.file=" in command, f"runbook command without --config.file: {command}"
+
+
+@pytest.mark.slow
+def test_runbook_base_is_one_setting_with_project_urls_and_documented_overrides(tmp_path):
+    """The runbook URL is the mixin's runbookURLPattern; its default is pyproject's Runbooks URL;
+    the README's commands to point it at internal Git or a wiki work as written (into a tmp dir)."""
+    import shlex
+    import tomllib
+
+    urls = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]
+    assert {"Homepage", "Documentation", "Runbooks", "Changelog", "Issues"} <= set(urls)
+    default = re.search(r"runbookURLPattern: '([^']+)'", (ROOT / "mixin" / "config.libsonnet").read_text()).group(1)
+    assert default == urls["Runbooks"] + "#%s"
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"^\s*(python3 mixin/render\.py --out \S+ --config .*)$", readme, re.M)
+    assert len(commands) >= 2, "the README shows how to render with an internal Git and a wiki runbook URL"
+    if shutil.which("jsonnet") is None:
+        pytest.skip("jsonnet not installed")
+    for i, command in enumerate(commands):
+        args = shlex.split(command)
+        pattern = json.loads(args[args.index("--config") + 1])["runbookURLPattern"]
+        out = tmp_path / str(i)
+        args[args.index("--out") + 1] = str(out)
+        args[0] = sys.executable
+        subprocess.run(args, cwd=ROOT, check=True, timeout=120, capture_output=True)
+        rules = yaml.safe_load((out / "alerts" / "defender-connectivity.rules.yml").read_text())
+        alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+        assert alerts and all(r["annotations"]["runbook_url"] == pattern % r["alert"].lower() for r in alerts)

@@ -7,6 +7,7 @@ import json
 import os
 import pty
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -239,3 +240,26 @@ def test_summary_line_counts_with_plurals_and_failures_first():
          "2 of 2 MAPS verdicts are invalid (dns_failure, hr=0x80072EE7).")
     assert summary_line([row(), row(verdict=verdict(True)), row(verdict=verdict(True))]) == \
         "OK: all 3 probes succeeded; all 2 MAPS verdicts are valid."
+
+
+@pytest.mark.netns
+def test_the_documented_example_has_the_shape_and_values_of_real_output():
+    """docs/check-json.md's example against `check --format json` on the built-in catalogue
+    (offline, in a network namespace of its own): the same keys at every level, and for the
+    example's target the same published `pattern` (the catalogue's wildcard, not the URL)."""
+    example = json.loads(re.search(r"## Example[^\n]*\n+```json\n(.*?)```", DOC.read_text(), re.S).group(1))
+    command = shlex.join([sys.executable, "-m", "exporter", "check", "--group", "maps", "--format", "json"])
+    result = subprocess.run(["unshare", "-n", "sh", "-c", f"ip link set lo up && exec {command}"],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 1, result.stderr
+    real = json.loads(result.stdout)
+    assert set(example) == set(real)
+    (example_group,), real_group = example["groups"], real["groups"][0]
+    assert set(example_group) == set(real_group)
+    (example_target,) = example_group["targets"]
+    real_targets = {t["target"]: t for t in real_group["targets"]}
+    real_target = real_targets[example_target["target"]]
+    assert set(example_target) == set(real_target)
+    assert set(example_target["phases"]) == set(real_target["phases"])
+    assert example_target["pattern"] == real_target["pattern"], "the example's pattern is not what check prints"
+    assert set(example["maps"][0]) == set(real["maps"][0])

@@ -270,3 +270,30 @@ def test_streamlined_profile_in_an_isolated_network_namespace(tmp_path):
     verdicts = [s for s in samples if s.name == m.MAPS_VALIDATION_INFO.name]
     assert {s.labels["target"] for s in verdicts} == maps
     assert "Traceback" not in (tmp_path / "stderr.txt").read_text()
+
+
+LATER = {"*after a TLS handshake:*", "*after a CRL fetch:*", "*with a PAC route:*"}
+
+
+@pytest.mark.netns
+def test_readme_marks_the_series_that_do_not_exist_offline(tmp_path):
+    """A user looking offline for defender_tls_* or defender_crl_* finds none: the README's table
+    must say, for exactly those series, when they appear (host-mode series say "host mode")."""
+    result = subprocess.run(["unshare", "-n", sys.executable, str(HERE / "helpers" / "netns_scrape.py"),
+                             str(tmp_path)], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    offline = {f.name for f in text_string_to_metric_families((tmp_path / "metrics.txt").read_text()) if f.samples}
+    readme = (HERE.parent / "README.md").read_text()
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and re.fullmatch(r"`defender_\w+`", cells[0]):
+            rows[cells[0].strip("`")] = cells[3]
+    for spec in m.ALL:
+        meaning = rows[spec.name]
+        family = spec.name.removesuffix("_total") if spec.type == "counter" else spec.name
+        marked = any(meaning.startswith(mark) for mark in LATER) or meaning.startswith("host mode")
+        if family in offline:
+            assert not marked, f"{spec.name} is there offline, yet the README says it comes later"
+        else:
+            assert marked, f"{spec.name} is absent offline: the README must say when it appears"
