@@ -6,18 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(nginx-light prometheus-blackbox-exporter)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-# Debian starts both as services on install; the bench runs its own private instances.
-for service in nginx prometheus-blackbox-exporter; do
-  systemctl stop "$service" >/dev/null 2>&1 || service "$service" stop >/dev/null 2>&1 || true
-done
-python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e . uvloop py-spy
-exec python3 bench/run.py "$@"
+. tests/setup.sh
+install_debian_packages bench/run.sh "${packages[@]}"
+# Into the project's .venv (as tests/run.sh), never the system Python; the bench starts its own
+# nginx and blackbox_exporter on loopback and leaves any of the machine's alone.
+venv_python=$(ensure_venv bench/run.sh)
+"$venv_python" -m pip install --quiet --disable-pip-version-check -e . uvloop py-spy
+export PATH="$PWD/.venv/bin:$PATH"
+exec "$venv_python" bench/run.py "$@"

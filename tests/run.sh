@@ -21,41 +21,16 @@ packages=(squid mitmproxy prometheus prometheus-alertmanager chromium chromium-d
           ca-certificates python3-venv gcab osslsigncode cabextract jsonnet victoria-metrics)
 # Node.js and npm (tests/test_grafana_schema.py runs tsc): Debian's, unless the machine has its own.
 command -v npm >/dev/null || packages+=(nodejs npm)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  if [[ $(id -u) != 0 ]]; then
-    echo "tests/run.sh: missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
-    exit 1
-  fi
-  echo "tests/run.sh: installing Debian packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  # policy-rc.d exit 101: Debian's maintainer scripts must not start Squid, Prometheus or
-  # Alertmanager as services while we install them (the tests never use those). Only while we
-  # install, and only if the machine has no policy of its own.
-  policy=/usr/sbin/policy-rc.d own_policy=
-  if [[ ! -e $policy ]]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && own_policy=1
-    trap 'rm -f "$policy"' EXIT
-  fi
-  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  if [[ -n $own_policy ]]; then rm -f "$policy"; trap - EXIT; fi
-fi
+. tests/setup.sh
+install_debian_packages tests/run.sh "${packages[@]}"
 
 # kubectl (for `kubectl kustomize`, tests/test_kubernetes.py) ships in the machine image; Debian has no
 # package of it. Say so plainly rather than fail inside a test.
 command -v kubectl >/dev/null || echo "tests/run.sh: kubectl not found: tests/test_kubernetes.py will fail" >&2
 
-if [[ -x /usr/bin/python3 ]]; then python=/usr/bin/python3; else python=python3; fi
+venv_python=$(ensure_venv tests/run.sh)
 venv=.venv
-if ! "$venv/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-  echo "tests/run.sh: creating the virtual environment $venv with $python"
-  "$python" -m venv --clear "$venv"
-fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[test]"
+"$venv_python" -m pip install --quiet --disable-pip-version-check -e ".[test]"
 
 # npm packages, in a private prefix (tests/.npm, gitignored): Grafana's published dashboard types
 # and the TypeScript compiler, for tests/test_grafana_schema.py.
@@ -68,4 +43,4 @@ fi
 # The console script (defender-connectivity-exporter) is in $venv/bin; tests/conftest.py also
 # puts the interpreter's own bin directory first on PATH.
 export PATH="$PWD/$venv/bin:$PATH"
-exec "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
+exec "$venv_python" -m pytest -p no:cacheprovider "$@"

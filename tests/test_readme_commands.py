@@ -152,3 +152,13 @@ def test_test_command_uses_its_own_venv_and_leaves_services_alone(tmp_path):
     assert (copy / ".venv" / "bin" / "defender-connectivity-exporter").exists()
     system = subprocess.run([str(SYSTEM_PYTHON), "-c", "import exporter"], capture_output=True, cwd=tmp_path, env=env)
     assert system.returncode != 0, "the package ended up in the system Python"
+
+
+def test_install_scripts_share_the_venv_step_and_stop_no_service():
+    """bench/run.sh installs like tests/run.sh: through tests/setup.sh, into .venv."""
+    for script in (REPO / "tests" / "run.sh", REPO / "bench" / "run.sh"):
+        text = script.read_text()
+        code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+        assert ". tests/setup.sh" in code and "ensure_venv" in code, script
+        assert not re.search(r"systemctl\s+stop|service\s+\S+\s+stop", code), f"{script} stops services"
+        assert not re.search(r"(^|\s)python3 -m pip", code), f"{script} installs into the system Python"
