@@ -120,6 +120,15 @@ def test_help_shows_the_subcommands():
     assert re.search(r"^commands:\n  check\s+probe every target once", result.stdout, re.M), result.stdout
 
 
+def test_every_dispatched_subcommand_is_in_the_help():
+    """A subcommand added to cli.py's dispatch must be listed in COMMANDS (and so in --help)."""
+    from exporter import cli
+
+    source = Path(cli.__file__).read_text()
+    dispatched = set(re.findall(r"argv\[0\] == \"(\w+)\"", source))
+    assert dispatched and dispatched <= set(cli.COMMANDS), (dispatched, cli.COMMANDS)
+
+
 @pytest.mark.parametrize("args, hint", [
     (["chekc"], "'chekc' is not a command; did you mean 'check'?"),
     (["status"], "'status' is not a command; commands: check"),
