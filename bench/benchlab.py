@@ -224,7 +224,10 @@ http {{
     # ------------------------------------------------------------------ our exporter
 
     def write_exporter_config(self, urls: list[str], *, interval: float, timeout: float = 10.0,
-                              concurrency: int = 64, connect_ip: str | None = None, name: str = "bench") -> Path:
+                              concurrency: int = 64, connect_ip: str | None = None, name: str = "bench",
+                              pac: bool = False) -> Path:
+        """pac=True: the `defender` route is a PAC file (every target DIRECT after a shExpMatch),
+        so each probe goes through the per-URL route evaluation (cached per target)."""
         lines = [
             f"interval: {int(interval * 1000)}ms",
             f"timeout: {int(min(timeout, interval) * 1000)}ms",
@@ -233,8 +236,14 @@ http {{
             f'  - "::{connect_ip or self.ip}:"',
             "tls:",
             f"  ca_file: {self.ca_file}",
-            "groups:",
         ]
+        if pac:
+            script = self.workdir / f"{name}.pac"
+            script.write_text('function FindProxyForURL(url, host) {\n'
+                              '  if (shExpMatch(host, "*.nowhere.invalid")) return "PROXY 127.0.0.1:9";\n'
+                              '  return "DIRECT";\n}\n')
+            lines += ["routes:", "  defender:", f"    pac: {script}"]
+        lines += ["groups:"]
         lines += [f"  {g}: {{enabled: false}}" for g in CATALOGUE_GROUPS]
         lines += ["  bench:", "    route: defender", "    targets:"]
         lines += [f'      - "{url}"' for url in urls]

@@ -255,7 +255,7 @@ async def sidebyside(args: argparse.Namespace) -> dict:
         urls = [f"https://{name}/" for name in names]
         floor = run_floor(lab, count=args.floor_count)
         floor_uv = run_floor(lab, count=args.floor_count, uvloop=True) if args.with_uvloop_floor else None
-        config = lab.write_exporter_config(urls, interval=interval, timeout=min(10, interval))
+        config = lab.write_exporter_config(urls, interval=interval, timeout=min(10, interval), pac=args.pac)
         ours, port = lab.start_exporter(config, event_loop=args.event_loop)
         bb, bb_port = lab.start_blackbox(names)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
@@ -284,7 +284,7 @@ async def sidebyside(args: argparse.Namespace) -> dict:
         bb_ms = 1000 * (bb1 - bb0) / max(bb_probes, 1)
         result = {
             "targets": n, "interval_s": interval, "intervals": intervals,
-            "event_loop": args.event_loop,
+            "event_loop": args.event_loop, "pac": args.pac,
             "ours": {"cpu_s": ours1 - ours0, "probes": ours_probes, "cpu_ms_per_probe": ours_ms,
                      "peak_rss_mb": ours.rss_peak()},
             "blackbox": {"cpu_s": bb1 - bb0, "probes": bb_probes, "cpu_ms_per_probe": bb_ms,
@@ -559,7 +559,8 @@ def _server_summary(server: dict) -> dict:
 
 def _loop_note(r: dict) -> str:
     loop = r.get("event_loop", "auto")
-    return "" if loop == "auto" else f" (ours on {loop})"
+    note = "" if loop == "auto" else f" (ours on {loop})"
+    return note + (" (ours on a PAC route)" if r.get("pac") else "")
 
 
 def print_fidelity(r: dict) -> None:
@@ -664,6 +665,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="profile: seconds of sampling")
     parser.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                         help="our exporter's --event-loop (auto, as shipped: uvloop when installed)")
+    parser.add_argument("--pac", action="store_true",
+                        help="sidebyside: our targets on a PAC route (evaluated per target, cached)")
     parser.add_argument("--quick", action="store_true", help="small and short: a smoke run of the harness")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (configs, logs)")
     parser.add_argument("--json", help="append the results as one JSON line to this file")
