@@ -136,6 +136,8 @@ def _print_text(results, out: TextIO) -> None:
                 extras.append("TLS intercepted")
             if outcome.revoked:
                 extras.append("certificate revoked")
+            if outcome.proxy and not job.route.static:
+                extras.append(f"via {outcome.proxy}")
             if extras:
                 why += " [" + ", ".join(extras) + "]"
             out.write(f"  {result:6}  {latency:>9}  {job.target.url:{width}}  {job.route.name:8}  {why}\n")
@@ -200,6 +202,7 @@ def _as_json(results, ok: bool) -> dict:
             "tls_verified": probe.tls.verified if probe.tls else None,
             "revoked": outcome.revoked,
             "intercepted": outcome.intercepted,
+            "proxy": outcome.proxy or None,
         })
         if outcome.maps is not None:
             v = outcome.maps

@@ -463,3 +463,20 @@ def test_check_routes_prints_what_each_route_gives_every_target(tmp_path):
     text = subprocess.run([sys.executable, "-m", "exporter", "check", "--routes", "--config.file", str(config)],
                           capture_output=True, text=True, timeout=120).stdout
     assert f"maps  {MAPS}" in text and "DIRECT" in text
+
+
+def test_check_reports_the_hop_that_carried_each_probe(tmp_path, lab_pki, lab_servers, squid_factory):
+    lab = RoutesLab(tmp_path, lab_pki, lab_servers, squid_factory)
+    pac = tmp_path / "proxy.pac"
+    pac.write_text(lab.issue_pac())
+    path = lab.routes_config({"defender": {"pac": str(pac)}}, connect_to=lab.direct_crls(),
+                             extra_groups={"update": {"targets": [UPDATE], "route": ["defender"]}})
+    result = subprocess.run([sys.executable, "-m", "exporter", "check", "--format", "json", "--config.file", str(path)],
+                            capture_output=True, text=True, timeout=120)
+    document = json.loads(result.stdout)
+    proxies = {t["target"]: t["proxy"] for g in document["groups"] for t in g["targets"]}
+    squid = f"127.0.0.1:{lab.squid.port}"
+    assert proxies == {MAPS: squid, UPDATE: squid}, result.stdout
+    text = subprocess.run([sys.executable, "-m", "exporter", "check", "--config.file", str(path)],
+                          capture_output=True, text=True, timeout=120).stdout
+    assert f"[via {squid}]" in text
