@@ -58,6 +58,19 @@
             ],
           ),
           alert(
+            'DefenderPACFileUnavailable',
+            'defender_pac_fetch_success == 0\n',
+            '15m',
+            'warning',
+            'A route\'s proxy auto-config (PAC) file cannot be fetched.',
+            [
+              'The PAC file{{ with $labels.url }} {{ . }}{{ else }} (WPAD found no wpad.<domain>){{ end }} of the {{ $labels.route }} route',
+              'cannot be fetched at ' + at + ': every probe on the route fails with pac_unreachable, and endpoints',
+              'configured with this PAC (Defender\'s ProxyPacUrl, SYSTEM\'s AutoConfigURL or WPAD) cannot get it either.',
+              'Make the PAC server reachable from the endpoints\' network.',
+            ],
+          ),
+          alert(
             'DefenderTLSInspectionDetected',
             'defender_tls_intercepted{group=~"maps|submission"} == 1\n',
             c.mapsFor,
