@@ -21,28 +21,23 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from .config import ConnectTo, Limits, Route
-from .probes._net import (
-    HTTPAnswer,
-    ProbeFailure,
-    ProbeState,
-    Stream,
-    open_stream,
-    proxy_generated,
-    read_head,
-    send_get,
-    translate,
-)
+from .probes.fetch import fetch
 from .reasons import Reason
 
 log = logging.getLogger("exporter.crl")
 
 RECHECK_SECONDS = 15.0
+# CryptNet fetches CRLs and AIA certificates through WinHTTP (KB 887196), whose
+# redirect policy by default follows redirects except from https to http
+# (WINHTTP_OPTION_REDIRECT_POLICY_DEFAULT), at most 10 of them
+# (WinHttpRequestOption_MaxAutomaticRedirects). Whether CryptNet changes
+# either is not documented; we follow WinHTTP's defaults, inside the budget.
+MAX_REDIRECTS = 10
 MAX_CACHED_CRLS = 64
 MAX_CACHED_ISSUERS = 256
 MAX_ISSUER_BYTES = 64 * 1024
@@ -79,6 +74,7 @@ class CRLCheck:
     document: CRLDocument | None = None
     # Set when the body arrived but is no CRL; the document then stays the last good one.
     invalid_body: bool = False
+    reason: Reason | None = None  # the fetch's failure reason, when unreachable because of one
 
 
 @dataclass(frozen=True)
@@ -132,55 +128,35 @@ class CRLCache:
         return result
 
     async def _fetch(self, url: str, route: Route, timeout: float) -> CRLCheck:
-        parts = urlsplit(url)
         started = time.time()
-        state = ProbeState()
-        if parts.scheme != "http" or not parts.hostname:
-            return CRLCheck(url, route.name, False, 0.0, started, error="only http:// distribution points are fetched")
-        port = parts.port or 80
         cached = self.documents.get(url)
-        conditional = ""
+        conditional: list[tuple[str, str]] = []
         if cached is not None:
             if cached.etag:
-                conditional += f"If-None-Match: {cached.etag}\r\n"
+                conditional.append(("If-None-Match", cached.etag))
             if cached.last_modified:
-                conditional += f"If-Modified-Since: {cached.last_modified}\r\n"
-        stream = answer = None
-        failure: ProbeFailure | None = None
-        too_large = False
-        try:
-            async with asyncio.timeout(timeout):
-                stream = await open_stream(parts.hostname, port, route, self.connect_to, self.limits, state, tunnel=False)
-                target = url if stream.proxy else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-                authority = parts.netloc.rpartition("@")[2]
-                answer, too_large = await _get(stream, target, authority, self.limits, state,
-                                               extra_headers=conditional, cap=self.limits.crl_bytes)
-        except Exception as exc:  # noqa: BLE001 - becomes "unreachable" with the reason's words
-            failure = translate(exc, state)
-        finally:
-            if stream is not None:
-                stream.abort()
+                conditional.append(("If-Modified-Since", cached.last_modified))
+        fetched = await fetch(url, route, self.connect_to, self.limits, timeout=timeout, headers=conditional,
+                              body_cap=self.limits.crl_bytes, redirects=MAX_REDIRECTS)
         duration = time.time() - started
+        failure, answer = fetched.failure, fetched.answer
         if failure is not None:
             return CRLCheck(url, route.name, False, duration, started, failure.http_status,
-                            f"{failure.reason}: {failure.detail}")
+                            f"{failure.reason}: {failure.detail}", reason=failure.reason)
         assert answer is not None
-        if stream is not None and stream.proxy is not None and proxy_generated(answer) is not None:
-            note = answer.header("X-Squid-Error") or answer.header("Proxy-Status") or ""
-            return CRLCheck(url, route.name, False, duration, started, answer.status,
-                            f"the proxy answered {answer.status} {answer.reason_phrase} itself {note}".strip())
         if answer.status == 304 and cached is not None:
             self.documents.move_to_end(url)
             return CRLCheck(url, route.name, True, duration, started, 304, not_modified=True, document=cached)
         if answer.status != 200:
             return CRLCheck(url, route.name, False, duration, started, answer.status,
                             f"HTTP {answer.status} {answer.reason_phrase}")
-        if too_large:
+        if answer.truncated:
             return CRLCheck(url, route.name, True, duration, started, 200, too_large=True, invalid_body=True,
                             error=f"CRL larger than the cap of {self.limits.crl_bytes} bytes (limits.crl_bytes)")
         document, error = _parse(url, answer.body, answer.header("ETag"), answer.header("Last-Modified"))
         if document is None:
-            return CRLCheck(url, route.name, True, duration, started, 200, error=error, invalid_body=True)
+            return CRLCheck(url, route.name, True, duration, started, 200, error=f"{error} ({answer.describe()})",
+                            invalid_body=True)
         self.documents[url] = document
         self.documents.move_to_end(url)
         while len(self.documents) > MAX_CACHED_CRLS:
@@ -195,25 +171,15 @@ class CRLCache:
         if known is not None and (known[0] is not None or time.time() - known[1] < RECHECK_SECONDS):
             self.issuers.move_to_end(url)
             return known[0]
-        parts = urlsplit(url)
         cert = None
-        if parts.scheme == "http" and parts.hostname:
-            state = ProbeState()
-            stream = None
-            try:
-                async with asyncio.timeout(timeout):
-                    stream = await open_stream(parts.hostname, parts.port or 80, route, self.connect_to,
-                                               self.limits, state, tunnel=False)
-                    target = url if stream.proxy else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-                    answer, too_large = await _get(stream, target, parts.netloc.rpartition("@")[2], self.limits,
-                                                   state, cap=MAX_ISSUER_BYTES)
-                if answer.status == 200 and not too_large:
-                    cert = _load_cert(answer.body)
-            except Exception as exc:  # noqa: BLE001 - an unreachable AIA URL just means "unknown issuer"
-                log.debug("AIA fetch of %s failed: %s", url, exc)
-            finally:
-                if stream is not None:
-                    stream.abort()
+        fetched = await fetch(url, route, self.connect_to, self.limits, timeout=timeout,
+                              body_cap=MAX_ISSUER_BYTES, redirects=MAX_REDIRECTS)
+        answer = fetched.answer
+        if fetched.failure is not None:
+            # An unreachable AIA URL just means "unknown issuer".
+            log.debug("AIA fetch of %s failed: %s: %s", url, fetched.failure.reason, fetched.failure.detail)
+        elif answer is not None and answer.status == 200 and not answer.truncated:
+            cert = _load_cert(answer.body)
         self.issuers[url] = (cert, time.time())
         self.issuers.move_to_end(url)
         while len(self.issuers) > MAX_CACHED_ISSUERS:
@@ -309,65 +275,3 @@ def _load_cert(body: bytes) -> x509.Certificate | None:
 
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-
-async def _get(stream: Stream, target: str, authority: str, limits: Limits, state: ProbeState, *,
-               extra_headers: str = "", cap: int) -> tuple[HTTPAnswer, bool]:
-    """One GET with a body capped at `cap` bytes: (answer, too_large).
-
-    A body announced (Content-Length) or found (chunked, or read to the close)
-    to be over the cap is not read further and not kept: the answer then has
-    no body and too_large is True. Chunked bodies are de-chunked (a proxy may
-    re-frame a CRL that way)."""
-    await send_get(stream, target, authority, state, extra_headers=extra_headers)
-    head = await read_head(stream.conn, limits, state)
-    if head.status in (204, 304) or 100 <= head.status < 200 or head.status != 200:
-        # Only a 200 carries a CRL; other bodies are not needed.
-        state.clock.stop()
-        return head, False
-    reader = stream.conn
-    chunks: list[bytes] = []
-    got = 0
-    encoding = (head.header("Transfer-Encoding") or "").lower()
-    length_text = head.header("Content-Length")
-    if "chunked" in encoding:
-        while True:
-            size_line = await reader.readline()
-            try:
-                size = int(size_line.split(b";", 1)[0].strip() or b"x", 16)
-            except ValueError:
-                raise ProbeFailure(Reason.HTTP_ERROR, "malformed chunked body") from None
-            if size == 0:
-                break
-            if got + size > cap:
-                return _bodiless(head), True
-            chunks.append(await reader.readexactly(size))
-            got += size
-            await reader.readexactly(2)  # CRLF after the chunk
-    elif length_text is not None and length_text.isdigit():
-        length = int(length_text)
-        if length > cap:
-            return _bodiless(head), True
-        while got < length:
-            chunk = await reader.read(min(65536, length - got))
-            if not chunk:
-                raise ProbeFailure(Reason.CONNECTION_RESET, f"connection closed after {got} of {length} body bytes")
-            chunks.append(chunk)
-            got += len(chunk)
-    else:  # read to the close
-        while True:
-            chunk = await reader.read(65536)
-            if not chunk:
-                break
-            got += len(chunk)
-            if got > cap:
-                return _bodiless(head), True
-            chunks.append(chunk)
-    state.clock.stop()
-    body = b"".join(chunks)
-    return HTTPAnswer(head.status, head.reason_phrase, head.headers, body, len(body), False), False
-
-
-def _bodiless(head: HTTPAnswer) -> HTTPAnswer:
-    return HTTPAnswer(head.status, head.reason_phrase, head.headers, b"", 0, True)

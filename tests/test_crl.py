@@ -123,6 +123,34 @@ def test_http_error_status_is_unreachable(lab_pki, lab_servers):
     assert not check.reachable and check.http_status == 404
 
 
+def test_crl_behind_a_redirect_is_followed(lab_pki, lab_servers):
+    """A distribution point that redirects to a mirror (CDNs do): the CRL there counts."""
+    from lab.servers import Redirect
+
+    url = lab_pki.issuing.crl_url
+    mirror = lab_servers.serve(Files({"/mirror/issuing.crl": lab_pki.make_crl("issuing")}), port=80)
+    point = lab_servers.serve(Redirect("http://cdn.example.net/mirror/issuing.crl", status=301), port=80)
+    cache = CRLCache(Limits(), (ConnectTo("crl.microsoft.com", 80, point.ip, point.port),
+                                ConnectTo("cdn.example.net", 80, mirror.ip, mirror.port)))
+    check = run(cache.check(url, SYSTEM, 3))
+    assert check.reachable and check.http_status == 200, check.error
+    assert check.document is not None
+    assert mirror.file_requests("/mirror/issuing.crl") == 1 and point.connections == 1
+    leaf = lab_pki.issue_leaf("wdcp.microsoft.com")
+    assert cache.judge(leaf.cert, lab_pki.issuing.cert, check).status == "good"
+
+
+def test_redirects_are_bounded(lab_pki, lab_servers):
+    from lab.servers import Redirect
+
+    url = lab_pki.issuing.crl_url
+    loop = lab_servers.serve(Redirect(url), port=80)  # redirects to itself, forever
+    cache = _cache_for(loop, "crl.microsoft.com")
+    check = run(cache.check(url, SYSTEM, 3))
+    assert not check.reachable and check.http_status == 302
+    assert loop.connections == exporter.crl.MAX_REDIRECTS + 1
+
+
 # ------------------------------------------------------------------ formats and judging
 
 

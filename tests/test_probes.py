@@ -261,6 +261,24 @@ def test_plain_http_target(tmp_path, lab_servers):
     assert server.request_lines == ["GET / HTTP/1.1"]
 
 
+@pytest.mark.parametrize("interim", [(103,), (100, 103)], ids=["103", "100+103"])
+@pytest.mark.parametrize("scheme", ["https", "http"])
+def test_interim_answers_are_skipped(tmp_path, lab_pki, lab_servers, interim, scheme):
+    """A 1xx is not the answer (RFC 9110 15.2): the final 200 behind it is."""
+    from lab.servers import EarlyHints
+
+    port = 443 if scheme == "https" else 80
+    tls = lab_pki.issue_leaf("go.microsoft.com") if scheme == "https" else None
+    server = lab_servers.serve(EarlyHints(interim=interim, status=200), port=port, tls=tls)
+    url = f"{scheme}://go.microsoft.com/"
+    path = lab_config(tmp_path, {"adl": [url]}, connect_to=[server.connect_to("go.microsoft.com", port)],
+                      ca_file=lab_pki.ca_bundle_path)
+    probe = outcome_for(path, url).probe
+    assert probe.success, probe.detail
+    assert probe.http_status == 200
+    assert 0 <= probe.duration - sum(seconds for _, seconds in probe.phases) < 0.005
+
+
 # ------------------------------------------------------------------ through Squid
 
 
@@ -372,7 +390,7 @@ def test_connection_reads_what_came_while_nobody_was_reading(loop_factory):
     listener = socket.create_server(("127.0.0.1", 0))
 
     async def main() -> None:
-        conn = await Connection.connect(socket.AF_INET, listener.getsockname(), limit=1024)
+        conn = await Connection.connect(socket.AF_INET, listener.getsockname())
         server_side, _ = listener.accept()
         try:
             server_side.sendall(b"hello")

@@ -21,7 +21,7 @@ from lab.servers import Delay
 from support import lab_config, recv_head
 
 from exporter.config import load_config
-from exporter.probes import ProbeEnv, http, https
+from exporter.probes import ProbeEnv, http
 
 SERVER_DELAY = 0.05
 LOOP_BLOCKED = 0.2
@@ -37,7 +37,7 @@ def probe_once(path, loop_factory, *, block_loop: bool):
     sleeps LOOP_BLOCKED seconds from the moment the request has been sent."""
     config = load_config(path)
     [job] = config.jobs()
-    prober = https.probe if job.target.scheme == "https" else http.probe
+    prober = http.probe
 
     def trace(message: str) -> None:
         # Logged right after the request went out, before the first read waits:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Awaitable, Callable
 
 from ..config import ProbeJob
-from . import http, https
+from . import http
 from ._net import Trace
 from .env import ProbeEnv
 from .result import CertFacts, ProbeResult, TLSFacts
@@ -18,7 +18,7 @@ from .result import CertFacts, ProbeResult, TLSFacts
 Prober = Callable[..., Awaitable[ProbeResult]]
 
 PROBERS: dict[str, Prober] = {
-    "https": https.probe,
+    "https": http.probe,
     "http": http.probe,
 }
 

@@ -18,9 +18,8 @@ arrives behind the first byte before it is read (more of the answer, the
 peer's close_notify or FIN), the merge moves the stamp to that later arrival.
 The date is then still no later than the read, but no longer the first byte's.
 
-The reading surface is asyncio.StreamReader's (read, readuntil, readline,
-readexactly, at_eof), with the same exceptions, so that HTTP parsing is the
-same over both.
+The reading surface is small (read, at_eof, unread, arrival): HTTP is
+parsed by h11 on top (_http.py), which needs nothing more.
 """
 
 from __future__ import annotations
@@ -48,12 +47,11 @@ class Connection:
     """A connected non-blocking TCP socket, optionally with TLS, read from and
     written to by one task. abort() closes it at once."""
 
-    def __init__(self, sock: socket.socket, *, limit: int) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._fd = sock.fileno()
         self._loop = asyncio.get_running_loop()
-        self._limit = limit  # readuntil/readline: longest line, like a StreamReader's limit
-        self._buffer = bytearray()  # plaintext read past a separator, served first
+        self._buffer = bytearray()  # plaintext put back (unread), served first
         self._eof = False
         self._ancillary: list = []  # ancillary data of the latest recvmsg
         self._stamp: list = []  # ancillary data dating the plaintext the latest read returned
@@ -66,7 +64,7 @@ class Connection:
         self._sent = False  # sent since the latest read: what answers it is not there yet
 
     @classmethod
-    async def connect(cls, family: int, address: tuple, *, limit: int) -> Connection:
+    async def connect(cls, family: int, address: tuple) -> Connection:
         """Connect to address (a socket address of `family`); OSError as the kernel said it."""
         loop = asyncio.get_running_loop()
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -78,7 +76,7 @@ class Connection:
         except BaseException:
             _close(loop, sock)
             raise
-        conn = cls(sock, limit=limit)
+        conn = cls(sock)
         try:
             # Watched as a reader from the start, so that the wait below shares the
             # loop's registration of the socket (uvloop: one poll handle for both).
@@ -156,6 +154,11 @@ class Connection:
     def at_eof(self) -> bool:
         return self._eof and not self._buffer
 
+    def unread(self, data: bytes) -> None:
+        """Put bytes back in front of the stream: what a parser read past its
+        message (the start of a tunnel behind a proxy's answer to CONNECT)."""
+        self._buffer[:0] = data
+
     async def read(self, n: int) -> bytes:
         """Up to n bytes, b"" at the end of the stream."""
         if self._buffer:
@@ -165,56 +168,6 @@ class Connection:
         if self._eof or n <= 0:
             return b""
         return await self._receive(n)
-
-    async def readuntil(self, separator: bytes) -> bytes:
-        """Bytes up to and including separator. Like StreamReader.readuntil:
-        asyncio.LimitOverrunError once more than the limit has come without it,
-        asyncio.IncompleteReadError if the stream ends first."""
-        buffer = self._buffer
-        offset = 0
-        while True:
-            found = buffer.find(separator, offset)
-            if found != -1:
-                break
-            offset = max(len(buffer) + 1 - len(separator), 0)
-            if offset > self._limit:
-                raise asyncio.LimitOverrunError("Separator is not found, and chunk exceed the limit", offset)
-            chunk = b"" if self._eof else await self._receive(_READ_BYTES)
-            if not chunk:
-                partial = bytes(buffer)
-                buffer.clear()
-                raise asyncio.IncompleteReadError(partial, None)
-            buffer += chunk
-        if found > self._limit:
-            raise asyncio.LimitOverrunError("Separator is found, but chunk is longer than limit", found)
-        end = found + len(separator)
-        data = bytes(buffer[:end])
-        del buffer[:end]
-        return data
-
-    async def readline(self) -> bytes:
-        """Like StreamReader.readline: the partial line at the end of the
-        stream, ValueError past the limit."""
-        try:
-            return await self.readuntil(b"\n")
-        except asyncio.IncompleteReadError as exc:
-            return exc.partial
-        except asyncio.LimitOverrunError as exc:
-            raise ValueError(exc.args[0]) from None
-
-    async def readexactly(self, n: int) -> bytes:
-        """Exactly n bytes, or asyncio.IncompleteReadError if the stream ends first."""
-        buffer = self._buffer
-        while len(buffer) < n:
-            chunk = b"" if self._eof else await self._receive(min(_READ_BYTES, n - len(buffer)))
-            if not chunk:
-                partial = bytes(buffer)
-                buffer.clear()
-                raise asyncio.IncompleteReadError(partial, n)
-            buffer += chunk
-        data = bytes(buffer[:n])
-        del buffer[:n]
-        return data
 
     async def _receive(self, n: int) -> bytes:
         """Up to n bytes of plaintext from the connection; b"" (and EOF noted) at its end."""

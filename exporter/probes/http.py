@@ -1,43 +1,52 @@
-"""Plain-HTTP prober (port-80 targets and CRL URLs): resolve, connect, one GET.
+"""The HTTP(S) prober: one GET of the target's URL over the job's route.
 
-Through a proxy the request uses the absolute-URI form, as Windows does for
-CRL fetches; an answer the proxy generated itself (407, X-Squid-Error,
-Proxy-Status error) is not the endpoint's and fails with a proxy reason.
+Success means the endpoint answered (any HTTP status: these endpoints answer
+403/404/503 to a bare GET); for https over a TLS connection whose chain
+verifies for the host name against the trust store (the chain is reported
+whether it verifies or not). An answer the route's proxy made itself is a
+proxy reason, never the endpoint's (proxy_answer.py). Revocation and pinning
+are judged elsewhere (assess.py) and never change this.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from ..config import ProbeJob
-from ._net import ProbeFailure, ProbeState, Trace, exchange, open_stream, proxy_generated, result_from, translate
+from ._net import ProbeState, Trace
 from .env import ProbeEnv
+from .fetch import Fetched, TLSPolicy, fetch
 from .result import ProbeResult
 
 
 async def probe(job: ProbeJob, env: ProbeEnv, *, trace: Trace | None = None) -> ProbeResult:
-    target = job.target
     state = ProbeState(trace=trace)
     started_at = time.time()
-    stream = answer = None
-    failure: ProbeFailure | None = None
-    try:
-        async with asyncio.timeout(job.group.timeout):
-            stream = await open_stream(
-                target.host, target.port, job.route, env.connect_to, env.limits, state, tunnel=False
-            )
-            request_target = target.url if stream.proxy else target.request_target
-            answer = await exchange(stream, request_target, target.authority, env.limits, state)
-            if stream.proxy is not None and (reason := proxy_generated(answer)) is not None:
-                note = answer.header("X-Squid-Error") or answer.header("Proxy-Status") or ""
-                raise ProbeFailure(
-                    reason, f"the proxy answered {answer.status} {answer.reason_phrase} itself {note}".strip(),
-                    http_status=answer.status,
-                )
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a documented reason
-        failure = translate(exc, state)
-    finally:
-        if stream is not None:
-            stream.abort()
-    return result_from(state, started_at, failure, answer=answer, stream=stream)
+    fetched = await fetch(
+        job.target.url, job.route, env.connect_to, env.limits, timeout=job.group.timeout, state=state,
+        # The transfer is measured up to the cap, also of a body announced longer.
+        read_oversized=True, tls=TLSPolicy(env.ssl_context, env.trust),
+    )
+    return _result(state, started_at, fetched)
+
+
+def _result(state: ProbeState, started_at: float, fetched: Fetched) -> ProbeResult:
+    failure = fetched.failure
+    answer = fetched.answer
+    http_status = answer.status if answer is not None else (failure.http_status if failure else 0)
+    if failure is not None:
+        state.log(f"FAILED: {failure.reason}: {failure.detail}")
+    else:
+        state.log(f"OK: HTTP {http_status}")
+    return ProbeResult(
+        success=failure is None,
+        reason=failure.reason if failure else None,
+        started_at=started_at,
+        duration=state.clock.elapsed(),
+        phases=tuple(state.clock.phases.items()),
+        detail=failure.detail if failure else "",
+        http_status=http_status,
+        peer=fetched.peer,
+        proxy_status=fetched.proxy_status,
+        tls=fetched.tls,
+    )

@@ -18,6 +18,7 @@ from .pki import CA, DEFAULT, LabPKI, LeafBundle
 from .servers import (
     Behaviour,
     Delay,
+    EarlyHints,
     EndlessBody,
     EndlessHeaders,
     Files,
@@ -27,6 +28,7 @@ from .servers import (
     NeverAnswer,
     Ok,
     RecordedRequest,
+    Redirect,
     ResetMidHandshake,
     ResetOnAccept,
     Slowloris,
@@ -39,8 +41,8 @@ from .squid import Squid, SquidError, SquidFactory
 
 __all__ = [
     "CA", "DEFAULT", "LabPKI", "LeafBundle",
-    "Behaviour", "Delay", "EndlessBody", "EndlessHeaders", "Files", "Garbage", "LabServer", "LabServers",
-    "NeverAnswer", "Ok", "RecordedRequest", "ResetMidHandshake", "ResetOnAccept", "Slowloris", "Truncated",
+    "Behaviour", "Delay", "EarlyHints", "EndlessBody", "EndlessHeaders", "Files", "Garbage", "LabServer", "LabServers",
+    "NeverAnswer", "Ok", "RecordedRequest", "Redirect", "ResetMidHandshake", "ResetOnAccept", "Slowloris", "Truncated",
     "alloc_ip", "free_port", "refused_address",
     "Squid", "SquidError", "SquidFactory",
 ]  # fmt: skip

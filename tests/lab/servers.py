@@ -121,6 +121,23 @@ class Truncated:
     """Send half a status line, then close."""
 
 
+@dataclass(frozen=True)
+class EarlyHints:
+    """Send interim answers first (103 Early Hints, or any 1xx in `interim`), then answer like Ok."""
+
+    interim: tuple[int, ...] = (103,)
+    status: int = 200
+    body: bytes = b"ok\n"
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """Answer every request with `status` and `Location: location` (a CDN or mirror's redirect)."""
+
+    location: str
+    status: int = 302
+
+
 Behaviour: TypeAlias = (
     Ok
     | Delay
@@ -133,6 +150,8 @@ Behaviour: TypeAlias = (
     | EndlessHeaders
     | EndlessBody
     | Truncated
+    | EarlyHints
+    | Redirect
 )
 
 # Behaviours that act on the raw TCP connection, before any TLS handshake.
@@ -454,6 +473,14 @@ class LabServer:
         elif isinstance(b, Truncated):
             writer.write(b"HTTP/1.1 20")
             await writer.drain()
+        elif isinstance(b, EarlyHints):
+            for status in b.interim:
+                writer.write(f"HTTP/1.1 {status} {_REASONS.get(status, 'Interim')}\r\n"
+                             "Link: </style.css>; rel=preload; as=style\r\n\r\n".encode())
+                await writer.drain()
+            await _respond(writer, request, b.status, b.body)
+        elif isinstance(b, Redirect):
+            await _respond(writer, request, b.status, b"moved\n", (("Location", b.location),))
         # After the answer: close politely (half a second at most for the TLS close_notify).
         writer.close()
         try:
@@ -520,7 +547,7 @@ def _not_modified(request: RecordedRequest, entry: _FileEntry) -> bool:
 
 # ---------------------------------------------------------------------------- HTTP helpers
 
-_REASONS = {200: "OK", 204: "No Content", 301: "Moved Permanently", 302: "Found", 304: "Not Modified", 403: "Forbidden",
+_REASONS = {100: "Continue", 103: "Early Hints", 200: "OK", 204: "No Content", 301: "Moved Permanently", 302: "Found", 304: "Not Modified", 307: "Temporary Redirect", 308: "Permanent Redirect", 403: "Forbidden",
             404: "Not Found", 407: "Proxy Authentication Required", 500: "Internal Server Error", 502: "Bad Gateway",
             503: "Service Unavailable"}  # fmt: skip
 
