@@ -331,7 +331,7 @@ class Assessor:
         a PAC or bypass entry that sends them DIRECT into a firewall) -> the CRLs
         themselves are blocked."""
         configured = self.routes.configured(self.system_route)
-        if configured and status.http_status == 407:
+        if configured and (status.reason == Reason.PROXY_AUTH_REQUIRED or status.http_status == 407):
             return Cause.PROXY_AUTH
         if not configured and proxy not in ("DIRECT", ""):
             return Cause.WINHTTP_PROXY_MISSING

@@ -85,6 +85,7 @@ class RevocationStatus:
     url: str = ""
     detail: str = ""
     http_status: int = 0  # for unreachable: the status that made it so (e.g. 407 from the proxy), else 0
+    reason: Reason | None = None  # for unreachable: the fetch's failure reason, if it failed
 
 
 class CRLCache:
@@ -193,7 +194,7 @@ class CRLCache:
         """The status of `cert` according to one check of one of its distribution points."""
         now = time.time() if now is None else now
         if not check.reachable:
-            return RevocationStatus("unreachable", check.url, check.error, check.http_status)
+            return RevocationStatus("unreachable", check.url, check.error, check.http_status, check.reason)
         if check.invalid_body or check.document is None:
             return RevocationStatus("invalid", check.url, check.error or "no CRL in the answer")
         doc = check.document

@@ -10,14 +10,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the lab uses: Squid (proxy routes), mitmproxy (a real TLS-inspecting
-# proxy), Prometheus + promtool and Alertmanager (rules, e2e alerting), Chromium + driver
+# Debian packages the lab uses: Squid, tinyproxy and Apache httpd (forward proxies of three
+# families on the routes), mitmproxy (a real TLS-inspecting proxy), Prometheus + promtool and
+# Alertmanager (rules, e2e alerting), Chromium + driver
 # (status page), iproute2 and util-linux (network namespaces for the built-in catalogue run),
 # python3-venv (the project's virtual environment), gcab + osslsigncode + cabextract
 # (certificate trust list cabinets, packed, signed and checked by real tools), jsonnet (renders
 # the monitoring mixin in mixin/), victoria-metrics (VictoriaMetrics, vmagent and vmalert for the
 # many-sites e2e test).
-packages=(squid mitmproxy prometheus prometheus-alertmanager chromium chromium-driver iproute2 util-linux
+packages=(squid tinyproxy apache2 mitmproxy prometheus prometheus-alertmanager chromium chromium-driver iproute2 util-linux
           ca-certificates python3-venv gcab osslsigncode cabextract jsonnet victoria-metrics)
 # Node.js and npm (tests/test_grafana_schema.py runs tsc): Debian's, unless the machine has its own.
 command -v npm >/dev/null || packages+=(nodejs npm)
