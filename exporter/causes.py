@@ -200,6 +200,7 @@ VERDICT_TABLE: dict[str, VerdictRow] = {
         VerdictRow(Reason.TLS_EXPIRED, "0x80072F05", Cause.CERTIFICATE_INVALID),
         VerdictRow(Reason.TLS_NOT_YET_VALID, "0x80072F05", Cause.CERTIFICATE_INVALID),
         VerdictRow(Reason.HTTP_ERROR, "0x80072F78", Cause.HTTP_ERROR),
+        VerdictRow(Reason.UNEXPECTED_CONTENT, "0x80072F78", Cause.HTTP_ERROR),
         VerdictRow(Reason.TIMEOUT, "0x80072EE2", Cause.TIMEOUT),
         VerdictRow(Finding.CRL_UNREACHABLE, _SECURE_FAILURE, Cause.WINHTTP_PROXY_MISSING),
         VerdictRow(Finding.CERT_REVOKED, _SECURE_FAILURE, Cause.CERT_REVOKED),

@@ -130,6 +130,28 @@ class ConnectTo:
 
 
 @dataclass(frozen=True)
+class Expect:
+    """What an answer must be for the probe to succeed (blackbox_exporter's
+    valid_status_codes and fail_if_body_not_matches_regexp, plus a content kind).
+    Empty: any answer from the endpoint counts."""
+
+    statuses: tuple[int | str, ...] = ()  # codes (403) or classes ("2xx"); empty: any
+    content: str | None = None  # one of CONTENT_KINDS: the body must be that kind of file
+    body: re.Pattern[bytes] | None = None  # must match somewhere in the body (as far as it is kept)
+
+    def allows(self, status: int) -> bool:
+        return not self.statuses or any(
+            status == s if isinstance(s, int) else str(status)[0] == s[0] for s in self.statuses)
+
+    def merged_over(self, outer: "Expect") -> "Expect":
+        """This target's expectations, each falling back to the group's."""
+        return Expect(self.statuses or outer.statuses, self.content or outer.content, self.body or outer.body)
+
+
+NO_EXPECT = Expect()
+
+
+@dataclass(frozen=True)
 class Target:
     url: str
     pattern: str
@@ -139,6 +161,7 @@ class Target:
     request_target: str  # path and query, as sent in the request line
     source: str = CONFIG_SOURCE  # where the entry comes from: `article`, a named Microsoft page, `config`
     region: str | None = None  # the geography it serves (None: every geography)
+    expect: Expect = NO_EXPECT  # the target's own `expect:` merged over its group's
 
     @property
     def authority(self) -> str:
@@ -277,8 +300,11 @@ _TOP_KEYS = {
 _HOST_KEYS = {"enabled", "interval", "timeout", "mode", "mpcmdrun", "netsh", "reg", "powershell", "mdatp"}
 _GROUP_KEYS = {
     "description", "route", "interval", "timeout", "enabled", "targets", "expected_roots", "validate_maps", "content",
+    "expect",
 }
-CONTENT_KINDS = ("ctl",)
+# What a body can be checked to be: a CRL signed by its issuer, a CTL cabinet, an X.509 certificate.
+CONTENT_KINDS = ("crl", "ctl", "cert")
+_EXPECT_KEYS = {"status", "content", "body"}
 _DURATION_RE = re.compile(
     r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$"
 )
@@ -659,11 +685,17 @@ def _group(
     if g_timeout > g_interval:
         raise check.fail(f"{path}.timeout", "must not exceed the group's interval")
 
+    content = spec.get("content")
+    if content is not None and content not in CONTENT_KINDS:
+        raise check.fail(f"{path}.content", f"expected one of {', '.join(CONTENT_KINDS)}, got {_describe(content)}")
+    group_expect = _expect(check, spec["expect"], f"{path}.expect") if "expect" in spec else NO_EXPECT
+    if content is not None:  # `content:` is short for `expect: {content: ...}`
+        group_expect = Expect(group_expect.statuses, group_expect.content or content, group_expect.body)
     targets_value = check.listing(spec.get("targets"), f"{path}.targets")
     targets = []
     seen = set()
     for i, item in enumerate(targets_value):
-        target = _target(check, item, f"{path}.targets[{i}]")
+        target = _target(check, item, f"{path}.targets[{i}]", group_expect)
         if target.url in seen:
             raise check.fail(f"{path}.targets[{i}]", f"{target.url} is listed twice")
         seen.add(target.url)
@@ -686,11 +718,44 @@ def _group(
     return Group(name, description, tuple(names), g_interval, g_timeout, tuple(targets), roots, validate_maps, content)
 
 
-def _target(check: _Checker, item: Any, path: str) -> Target:
+def _expect(check: _Checker, value: Any, path: str) -> Expect:
+    spec = check.mapping(value, path, _EXPECT_KEYS)
+    statuses: list[int | str] = []
+    if "status" in spec:
+        for i, code in enumerate(check.listing(spec["status"], f"{path}.status")):
+            where = f"{path}.status[{i}]"
+            if isinstance(code, str) and re.fullmatch(r"[1-5]xx", code):
+                statuses.append(code)
+            else:
+                if isinstance(code, str) and code.isdigit():
+                    code = int(code)
+                if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
+                    raise check.fail(where, f"expected an HTTP status (100-599) or a class such as 2xx, got "
+                                            f"{_describe(code)}")
+                statuses.append(code)
+        if not statuses:
+            raise check.fail(f"{path}.status", "expected at least one status")
+    content = spec.get("content")
+    if content is not None and content not in CONTENT_KINDS:
+        raise check.fail(f"{path}.content", f"expected one of {', '.join(CONTENT_KINDS)}, got {_describe(content)}")
+    body = None
+    if "body" in spec:
+        pattern = check.string(spec["body"], f"{path}.body")
+        try:
+            body = re.compile(pattern.encode())
+        except re.error as exc:
+            raise check.fail(f"{path}.body", f"not a valid regular expression: {exc}") from None
+    return Expect(tuple(statuses), content, body)
+
+
+def _target(check: _Checker, item: Any, path: str, group_expect: Expect = NO_EXPECT) -> Target:
+    expect = group_expect
     if isinstance(item, str):
         url, pattern, source, region = item, None, CONFIG_SOURCE, None
     else:
-        spec = check.mapping(item, path, {"url", "pattern", "source", "region"})
+        spec = check.mapping(item, path, {"url", "pattern", "source", "region", "expect"})
+        if "expect" in spec:
+            expect = _expect(check, spec["expect"], f"{path}.expect").merged_over(group_expect)
         if "url" not in spec:
             raise check.fail(path, "a target needs `url`")
         url, pattern = spec["url"], spec.get("pattern")
@@ -719,7 +784,7 @@ def _target(check: _Checker, item: Any, path: str) -> Target:
         raise check.fail(url_path, f"{host!r} is not a valid host name")
     port = port or (443 if parts.scheme == "https" else 80)
     request_target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return Target(url, pattern or url, parts.scheme, host, port, request_target, source, region)
+    return Target(url, pattern or url, parts.scheme, host, port, request_target, source, region, expect)
 
 
 def _valid_host(host: str) -> bool:

@@ -26,18 +26,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from .config import ConnectTo, Limits, Route
-from .probes.fetch import fetch
+from .probes.fetch import CRYPTNET_REDIRECTS, fetch
 from .reasons import Reason
 
 log = logging.getLogger("exporter.crl")
 
 RECHECK_SECONDS = 15.0
-# CryptNet fetches CRLs and AIA certificates through WinHTTP (KB 887196), whose
-# redirect policy by default follows redirects except from https to http
-# (WINHTTP_OPTION_REDIRECT_POLICY_DEFAULT), at most 10 of them
-# (WinHttpRequestOption_MaxAutomaticRedirects). Whether CryptNet changes
-# either is not documented; we follow WinHTTP's defaults, inside the budget.
-MAX_REDIRECTS = 10
+
 MAX_CACHED_CRLS = 64
 MAX_CACHED_ISSUERS = 256
 MAX_ISSUER_BYTES = 64 * 1024
@@ -138,7 +133,7 @@ class CRLCache:
             if cached.last_modified:
                 conditional.append(("If-Modified-Since", cached.last_modified))
         fetched = await fetch(url, route, self.connect_to, self.limits, timeout=timeout, headers=conditional,
-                              body_cap=self.limits.crl_bytes, redirects=MAX_REDIRECTS)
+                              body_cap=self.limits.crl_bytes, redirects=CRYPTNET_REDIRECTS)
         duration = time.time() - started
         failure, answer = fetched.failure, fetched.answer
         if failure is not None:
@@ -174,7 +169,7 @@ class CRLCache:
             return known[0]
         cert = None
         fetched = await fetch(url, route, self.connect_to, self.limits, timeout=timeout,
-                              body_cap=MAX_ISSUER_BYTES, redirects=MAX_REDIRECTS)
+                              body_cap=MAX_ISSUER_BYTES, redirects=CRYPTNET_REDIRECTS)
         answer = fetched.answer
         if fetched.failure is not None:
             # An unreachable AIA URL just means "unknown issuer".

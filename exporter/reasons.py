@@ -26,6 +26,7 @@ class Reason(enum.StrEnum):
     TLS_EXPIRED = "tls_expired"
     TLS_NOT_YET_VALID = "tls_not_yet_valid"
     HTTP_ERROR = "http_error"
+    UNEXPECTED_CONTENT = "unexpected_content"
     TIMEOUT = "timeout"
     PAC_UNREACHABLE = "pac_unreachable"
     PAC_ERROR = "pac_error"
@@ -47,6 +48,9 @@ REASON_DESCRIPTIONS: dict[Reason, str] = {
     Reason.TLS_EXPIRED: "a certificate in the chain has expired",
     Reason.TLS_NOT_YET_VALID: "a certificate in the chain is not valid yet",
     Reason.HTTP_ERROR: "the answer was not valid HTTP (malformed, oversized headers, or closed before any response)",
+    Reason.UNEXPECTED_CONTENT: (
+        "the answer is not what the endpoint serves (not a CRL, CTL or certificate where one belongs, a status or "
+        "body outside the target's `expect:`); the detail says what arrived: status, content type, size"),
     Reason.TIMEOUT: "the probe did not finish before its timeout (after the connection was made)",
     Reason.PAC_UNREACHABLE: "the route's PAC file could not be fetched (or WPAD found no wpad.<domain>)",
     Reason.PAC_ERROR: "the route's PAC script threw, returned nothing usable, or ran past its bound of 1 s",

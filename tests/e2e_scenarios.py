@@ -32,6 +32,8 @@ from lab.servers import Files, LabServers, Ok, refused_address
 from lab.squid import Squid
 from support import ExporterThread, lab_config, root_fingerprint
 
+from exporter.catalogue import catalogue_groups
+
 INTERVAL = "2s"
 TIMEOUT = "1s"
 
@@ -118,7 +120,13 @@ class LabNetwork:
     def crl_points(self, *, revoked_serials: tuple[int, ...] = ()) -> list[str]:
         """CRL/AIA servers on port 80, one per host of the PKI's CDP/AIA URLs; connect_to rules."""
         by_host: dict[str, dict[str, bytes]] = {}
-        for url, data in self.pki.published_files(revoked_serials=revoked_serials).items():
+        files = dict(self.pki.published_files(revoked_serials=revoked_serials))
+        # The catalogue's crl group probes real file names of Microsoft's roots and checks what
+        # arrives: there the lab publishes its own root's CRL and certificate (trusted via ca_file).
+        for target in catalogue_groups()["crl"]["targets"]:
+            kind = target["expect"]["content"]
+            files[target["url"]] = self.pki.make_crl("root") if kind == "crl" else self.pki.root.der
+        for url, data in files.items():
             parts = urlsplit(url)
             by_host.setdefault(parts.hostname, {})[parts.path] = data
         rules = []

@@ -14,6 +14,7 @@ from lab.servers import Files, Ok, refused_address
 from support import lab_config, outcome_for, root_fingerprint
 
 import exporter.crl
+import exporter.probes.fetch
 from exporter.config import ConnectTo, Limits, Route
 from exporter.crl import CRLCache
 
@@ -148,7 +149,7 @@ def test_redirects_are_bounded(lab_pki, lab_servers):
     cache = _cache_for(loop, "crl.microsoft.com")
     check = run(cache.check(url, SYSTEM, 3))
     assert not check.reachable and check.http_status == 302
-    assert loop.connections == exporter.crl.MAX_REDIRECTS + 1
+    assert loop.connections == exporter.probes.fetch.CRYPTNET_REDIRECTS + 1
 
 
 # ------------------------------------------------------------------ formats and judging

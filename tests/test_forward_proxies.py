@@ -116,3 +116,12 @@ def test_crl_hosts_in_the_deny_list(tmp_path, lab_pki, lab_servers):
     verdict = outcome.maps
     assert (verdict.reason, verdict.cause) == (str(Finding.CRL_UNREACHABLE), str(Cause.CRL_BLOCKED)), verdict
     assert "proxy_denied" in verdict.detail
+
+
+def test_the_readme_shows_the_table_of_signs():
+    from pathlib import Path
+
+    from exporter.probes.proxy_answer import render_signs
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "\n".join(render_signs()) in readme, "README's table of proxy signs differs from proxy_answer.py"

@@ -276,7 +276,16 @@ def test_interim_answers_are_skipped(tmp_path, lab_pki, lab_servers, interim, sc
     probe = outcome_for(path, url).probe
     assert probe.success, probe.detail
     assert probe.http_status == 200
-    assert 0 <= probe.duration - sum(seconds for _, seconds in probe.phases) < 0.005
+
+
+def test_an_answer_outside_expect_is_unexpected_content(tmp_path, lab_servers):
+    server = lab_servers.serve(Ok(status=404), port=80)
+    url = "http://go.microsoft.com/"
+    group = {"targets": [{"url": url, "expect": {"status": [200]}}]}
+    path = lab_config(tmp_path, {"adl": group}, connect_to=[server.connect_to("go.microsoft.com", 80)])
+    probe = outcome_for(path, url).probe
+    assert probe.reason == Reason.UNEXPECTED_CONTENT, probe.detail
+    assert probe.http_status == 404 and "arrived: HTTP 404 Not Found, text/plain, 3 bytes" in probe.detail
 
 
 # ------------------------------------------------------------------ through Squid

@@ -43,6 +43,7 @@ _FACTS_CACHE_SIZE = 8192
 _VERDICT_CACHE_SIZE = 32768
 # Longest life of a cached successful verdict, and of a failed one.
 VERDICT_TTL = 3600.0
+_SEEN_CAS_KEPT = 1024
 FAILED_VERDICT_TTL = 60.0
 
 
@@ -193,6 +194,9 @@ class TrustStore:
                 certs[cert.fingerprint(hashes.SHA256())] = cert
         self.anchors = tuple(certs.values())
         self._store = Store(list(self.anchors))
+        # CA certificates of chains that verified, by subject: the issuers a CRL
+        # probe may find its CRL signed by (content.py), besides the anchors.
+        self._seen_cas: OrderedDict[bytes, x509.Certificate] = OrderedDict()
         # Windows' chain engine, which the endpoints are built for, does not
         # require an authorityKeyIdentifier (inspection proxies such as
         # mitmproxy omit it); relax that where cryptography's web-PKI policy
@@ -246,6 +250,7 @@ class TrustStore:
         at_now = _utc(now)
         path, error = self._try(leaf, intermediates, subject, at_now)
         if path is not None:
+            self._remember_cas(path[1:])
             return ChainVerdict(tuple(cert_facts(c.public_bytes(Encoding.DER)) for c in path), None, "")
         # Which single relaxation makes it verify tells us what was wrong.
         own_name = _own_name(leaf)
@@ -264,6 +269,18 @@ class TrustStore:
             if valid_at is None:
                 return ChainVerdict((), Reason.TLS_EXPIRED, _dates_problem(facts, now) or error)
         return ChainVerdict((), Reason.TLS_UNTRUSTED, error)
+
+    def certificates_named(self, name: x509.Name) -> list[x509.Certificate]:
+        """Trust anchors and CAs of verified chains whose subject is `name`."""
+        return [c for c in (*self.anchors, *self._seen_cas.values()) if c.subject == name]
+
+    def _remember_cas(self, certs) -> None:
+        for cert in certs:
+            key = cert.fingerprint(hashes.SHA256())
+            self._seen_cas[key] = cert
+            self._seen_cas.move_to_end(key)
+        while len(self._seen_cas) > _SEEN_CAS_KEPT:
+            self._seen_cas.popitem(last=False)
 
     def _try(self, leaf, intermediates, subject, when: dt.datetime):
         builder = (

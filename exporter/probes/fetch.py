@@ -39,6 +39,13 @@ from .result import TLSFacts
 
 USER_AGENT = f"defender-connectivity-exporter/{__version__}"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# CryptNet fetches CRLs, CA certificates and CTLs through WinHTTP (KB 887196),
+# whose redirect policy by default follows redirects except from https to http
+# (WINHTTP_OPTION_REDIRECT_POLICY_DEFAULT = ..._DISALLOW_HTTPS_TO_HTTP), at most
+# 10 of them (WinHttpRequestOption_MaxAutomaticRedirects). Whether CryptNet
+# changes either is not documented: we follow WinHTTP's defaults, within the
+# fetch's one timeout.
+CRYPTNET_REDIRECTS = 10
 # The most of a proxy's refusal of CONNECT that is read: enough for its error page's signature.
 _CONNECT_ANSWER_BYTES = proxy_answer.SNIFF_BYTES
 

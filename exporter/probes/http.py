@@ -12,26 +12,40 @@ from __future__ import annotations
 
 import time
 
-from ..config import ProbeJob
-from ._net import ProbeState, Trace
+from ..config import NO_EXPECT, ProbeJob
+from ..reasons import Reason
+from . import content
+from ._net import ProbeFailure, ProbeState, Trace
 from .env import ProbeEnv
-from .fetch import Fetched, TLSPolicy, fetch
+from .fetch import CRYPTNET_REDIRECTS, Fetched, TLSPolicy, fetch
 from .result import ProbeResult
 
 
 async def probe(job: ProbeJob, env: ProbeEnv, *, trace: Trace | None = None) -> ProbeResult:
     state = ProbeState(trace=trace)
     started_at = time.time()
+    expect = job.target.expect
     fetched = await fetch(
         job.target.url, job.route, env.connect_to, env.limits, timeout=job.group.timeout, state=state,
-        # The transfer is measured up to the cap, also of a body announced longer.
-        read_oversized=True, tls=TLSPolicy(env.ssl_context, env.trust),
+        # A CRL or CTL is checked whole: room for it (limits.crl_bytes). Otherwise the
+        # transfer is measured up to limits.body_bytes, also of a body announced longer.
+        body_cap=env.limits.crl_bytes if expect.content in ("crl", "ctl") else env.limits.body_bytes,
+        read_oversized=expect.content is None, tls=TLSPolicy(env.ssl_context, env.trust),
+        # What the OS fetches (CRLs, CA certificates, CTLs) follows redirects as CryptNet does.
+        redirects=CRYPTNET_REDIRECTS if expect.content is not None else 0,
     )
-    return _result(state, started_at, fetched)
-
-
-def _result(state: ProbeState, started_at: float, fetched: Fetched) -> ProbeResult:
     failure = fetched.failure
+    if failure is None and fetched.answer is not None and expect != NO_EXPECT:
+        # Reading the answer includes judging it: the phases still add up to the duration.
+        state.clock.begin("transfer", "checking the content")
+        wrong = content.problem(fetched.answer, expect, env.trust)
+        state.clock.stop()
+        if wrong is not None:
+            failure = ProbeFailure(Reason.UNEXPECTED_CONTENT, f"{wrong}; arrived: {fetched.answer.describe()}")
+    return _result(state, started_at, fetched, failure)
+
+
+def _result(state: ProbeState, started_at: float, fetched: Fetched, failure: ProbeFailure | None) -> ProbeResult:
     answer = fetched.answer
     http_status = answer.status if answer is not None else (failure.http_status if failure else 0)
     if failure is not None:

@@ -46,6 +46,7 @@ class Ok:
     status: int = 200
     body: bytes = b"ok\n"
     headers: tuple[tuple[str, str], ...] = ()
+    content_type: str = "text/plain; charset=utf-8"
 
 
 @dataclass(frozen=True)
@@ -436,7 +437,7 @@ class LabServer:
             self._requests.append(request)
 
         if isinstance(b, Ok):
-            await _respond(writer, request, b.status, b.body, b.headers)
+            await _respond(writer, request, b.status, b.body, b.headers, content_type=b.content_type)
         elif isinstance(b, Delay):
             await asyncio.sleep(b.seconds)
             await _respond(writer, request, b.status, b.body)

@@ -1,0 +1,92 @@
+"""Is the answer what the endpoint serves? A target's `expect:` checked against it.
+
+Where the catalogue (or the user) knows what a URL serves, the content is
+verified instead of guessed at: an HTML page from a proxy, a captive portal or
+a truncated transfer is not a CRL, whatever its status.
+
+- `crl`: a CRL (DER or PEM) whose issuer is a certificate we know (a trust
+  anchor, or a CA of a chain that verified) and whose signature verifies
+  against that issuer's key; its nextUpdate must not have passed;
+- `ctl`: a certificate trust list cabinet whose signer chains to an expected
+  root (exporter/cab.py);
+- `cert`: an X.509 certificate (DER or PEM), as AIA caIssuers URLs serve;
+- `status`: the status must be one of these codes or classes;
+- `body`: the regular expression must match the body (as far as it was kept).
+
+A mismatch is the reason `unexpected_content`, whose detail says what arrived
+(status, content type, size).
+"""
+
+from __future__ import annotations
+
+import time
+
+from cryptography import x509
+
+from ..cab import check_ctl_cabinet
+from ..config import Expect, bundled_root_fingerprints
+from ._http import HTTPAnswer
+from ._tls import TrustStore
+
+
+def problem(answer: HTTPAnswer, expect: Expect, trust: TrustStore, *, now: float | None = None) -> str | None:
+    """What is wrong with `answer` for `expect`, in a NOC's words; None if nothing is."""
+    if not expect.allows(answer.status):
+        allowed = ", ".join(str(s) for s in expect.statuses)
+        return f"status {answer.status} is not one of the expected ({allowed})"
+    if expect.content is not None:
+        if answer.status != 200:
+            return f"expected a {expect.content.upper()} (status 200), got status {answer.status}"
+        if answer.truncated:
+            return f"expected a {expect.content.upper()}, but the body is larger than the cap"
+        found = _KINDS[expect.content](answer.body, trust, time.time() if now is None else now)
+        if found is not None:
+            return found
+    if expect.body is not None and not expect.body.search(answer.body):
+        return f"the body does not match {expect.body.pattern.decode(errors='replace')!r}"
+    return None
+
+
+def _crl(body: bytes, trust: TrustStore, now: float) -> str | None:
+    try:
+        if body.lstrip().startswith(b"-----BEGIN"):
+            crl = x509.load_pem_x509_crl(body)
+        else:
+            crl = x509.load_der_x509_crl(body)
+        issuer_name = crl.issuer.rfc4514_string()
+    except Exception as exc:  # noqa: BLE001 - any malformed CRL is "not a CRL"
+        return f"not a CRL (DER or PEM): {str(exc)[:100]}"
+    issuers = trust.certificates_named(crl.issuer)
+    if not issuers:
+        return f"a CRL of {issuer_name}, whose certificate is neither a trusted root nor a CA of a verified chain"
+    if not any(_signed_by(crl, issuer) for issuer in issuers):
+        return f"a CRL of {issuer_name} whose signature does not verify against that CA's key"
+    next_update = crl.next_update_utc
+    if next_update is not None and next_update.timestamp() < now:
+        return f"a CRL of {issuer_name} whose nextUpdate ({next_update:%Y-%m-%dT%H:%M:%SZ}) has passed"
+    return None
+
+
+def _signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+    try:
+        return crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - unsupported key type and the like: not verified
+        return False
+
+
+def _ctl(body: bytes, trust: TrustStore, now: float) -> str | None:
+    return check_ctl_cabinet(body, bundled_root_fingerprints(), list(trust.anchors)).problem
+
+
+def _cert(body: bytes, trust: TrustStore, now: float) -> str | None:
+    try:
+        if body.lstrip().startswith(b"-----BEGIN"):
+            x509.load_pem_x509_certificate(body)
+        else:
+            x509.load_der_x509_certificate(body)
+    except Exception as exc:  # noqa: BLE001
+        return f"not an X.509 certificate (DER or PEM): {str(exc)[:100]}"
+    return None
+
+
+_KINDS = {"crl": _crl, "ctl": _ctl, "cert": _cert}
