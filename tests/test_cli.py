@@ -238,7 +238,7 @@ def test_builtin_catalogue_in_an_isolated_network_namespace(tmp_path):
     jobs = load_config(None).jobs()
     samples = _samples(body)
     info = [s for s in samples if s.name == m.TARGET_INFO.name]
-    assert len(info) == len(jobs) == 60
+    assert len(info) == len(jobs) == 61
     reasons = [s for s in samples if s.name == m.PROBE_FAILURE_REASON.name]
     assert len(reasons) == len(jobs)
     assert {s.labels["reason"] for s in reasons} == {"dns_error"}

@@ -126,7 +126,7 @@ def test_healthy_site_probes_all_succeed(e2e):
     result = e2e.lab.query(f'defender_probe_success{{site="{sc.HEALTHY}"}}')
     groups = {r["metric"]["group"] for r in result}
     assert groups == {"maps", "submission", "update", "adl", "crl"}
-    assert len(result) == 9, [r["metric"] for r in result]
+    assert len(result) == 10, [r["metric"] for r in result]
     assert all(r["value"][1] == "1" for r in result), [(r["metric"]["target"], r["value"][1]) for r in result]
     assert e2e.lab.prometheus.query_value(f'min(defender_maps_connection_valid{{site="{sc.HEALTHY}"}})') == 1
     assert e2e.lab.prometheus.query_value(f'min(defender_crl_reachable{{site="{sc.HEALTHY}"}})') == 1
