@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 from . import metrics as m
 from .config import Config, ProbeJob, Route, Target
 from .metrics import PHASES
-from .probes._net import ProbeFailure, ProbeState, open_stream, proxy_generated, start_tls, translate
+from .probes.fetch import TLSPolicy, fetch
 from .probes.env import ProbeEnv
 from .probes.pac import MAX_SCRIPT, PacError, PacSandbox, PacTimeout, parse_result, proxy_label
 from .probes.result import ProbeResult
@@ -238,17 +238,23 @@ class PacSource:
             self.script = PacScript(url, _decode(data))
             return PacFetch(url, True, started, time.time() - started)
         cached = self.script if self.script is not None and self.script.url == url else None
-        try:
-            async with asyncio.timeout(PAC_FETCH_TIMEOUT):
-                answer, too_large = await _http_get(url, self.fetch_route, env, cached)
-        except ProbeFailure as failure:
-            return PacFetch(url, False, started, time.time() - started, f"PAC file {url}: {failure.reason}: {failure.detail}")
+        conditional: list[tuple[str, str]] = []
+        if cached is not None and cached.etag:
+            conditional.append(("If-None-Match", cached.etag))
+        if cached is not None and cached.last_modified:
+            conditional.append(("If-Modified-Since", cached.last_modified))
+        fetched = await fetch(url, self.fetch_route, env.connect_to, env.limits, timeout=PAC_FETCH_TIMEOUT,
+                              headers=conditional, body_cap=MAX_SCRIPT, tls=TLSPolicy(env.ssl_context, env.trust))
+        failure, answer = fetched.failure, fetched.answer
+        if failure is not None or answer is None:
+            words = f"{failure.reason}: {failure.detail}" if failure is not None else "no answer"
+            return PacFetch(url, False, started, time.time() - started, f"PAC file {url}: {words}")
         duration = time.time() - started
         if answer.status == 304 and cached is not None:
             return PacFetch(url, True, started, duration, not_modified=True)
         if answer.status != 200:
             return PacFetch(url, False, started, duration, f"PAC file {url}: HTTP {answer.status} {answer.reason_phrase}".rstrip())
-        if too_large:
+        if answer.truncated:
             return PacFetch(url, False, started, duration, f"PAC file {url} is larger than {MAX_SCRIPT} bytes")
         self.script = PacScript(url, _decode(answer.body), answer.header("ETag"), answer.header("Last-Modified"))
         return PacFetch(url, True, started, duration)
@@ -291,44 +297,6 @@ def _decode(data: bytes) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         return data.decode("latin-1")
-
-
-async def _http_get(url: str, route: Route, env: ProbeEnv, cached: PacScript | None):
-    """GET a PAC file on `route` (direct or one proxy), conditionally when cached."""
-    from .crl import _get  # the capped GET the CRL fetcher uses
-
-    parts = urlsplit(url)
-    https = parts.scheme == "https"
-    host = parts.hostname or ""
-    port = parts.port or (443 if https else 80)
-    conditional = ""
-    if cached is not None and cached.etag:
-        conditional += f"If-None-Match: {cached.etag}\r\n"
-    if cached is not None and cached.last_modified:
-        conditional += f"If-Modified-Since: {cached.last_modified}\r\n"
-    state = ProbeState()
-    stream = None
-    try:
-        stream = await open_stream(host, port, route, env.connect_to, env.limits, state, tunnel=https)
-        if https:
-            from .probes._tls import presented_chain
-
-            ssl_object = await start_tls(stream, host, env.ssl_context, state)
-            verdict = env.trust.verify(presented_chain(ssl_object), host)
-            if verdict.reason is not None:
-                raise ProbeFailure(verdict.reason, verdict.error)
-        target = url if (stream.proxy is not None and not https) else (parts.path or "/") + (
-            f"?{parts.query}" if parts.query else "")
-        answer, too_large = await _get(stream, target, parts.netloc.rpartition("@")[2], env.limits, state,
-                                       extra_headers=conditional, cap=MAX_SCRIPT)
-        if stream.proxy is not None and not https and (reason := proxy_generated(answer)) is not None:
-            raise ProbeFailure(reason, f"the proxy answered {answer.status} {answer.reason_phrase} itself")
-        return answer, too_large
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a reason and words
-        raise translate(exc, state) from None
-    finally:
-        if stream is not None:
-            stream.abort()
 
 
 # ----------------------------------------------------------------------------- the route book
