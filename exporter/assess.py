@@ -70,6 +70,8 @@ class ChainRevocation:
 # Over the group's timeout, the most a job may spend on revocation after a slow
 # probe (the scheduler drops a job at timeout + 5 s).
 REVOCATION_GRACE = 4.0
+# A CRL fetch ends this long before the revocation stage's deadline, on its own timeout.
+FETCH_MARGIN = 0.1
 REVOCATION_MIN_BUDGET = 1.0
 
 _STATUS_FINDING = {
@@ -196,7 +198,9 @@ class Assessor:
                     status = RevocationStatus("unreachable", url, f"{failure.reason}: {failure.detail}")
                     continue
                 try:
-                    check = await self.crl_cache.check(url, route, _left(deadline))
+                    # The fetch's own deadline comes first, so that a stall is named by
+                    # the step it happened in (timeout vs connect_timeout), not cut off here.
+                    check = await self.crl_cache.check(url, route, max(0.05, _left(deadline) - FETCH_MARGIN))
                 except Exception as exc:  # noqa: BLE001 - a bug here must not lose the job
                     status = RevocationStatus("unreachable", url, f"CRL check failed: {exc}")
                     continue
@@ -225,7 +229,8 @@ class Assessor:
             else:
                 url = facts.crl_urls[0] if facts.crl_urls else ""
                 statuses.append((facts.subject, RevocationStatus(
-                    "unreachable", url, f"{Reason.TIMEOUT}: revocation check not finished within {budget:.1f} s")))
+                    "unreachable", url, f"{Reason.TIMEOUT}: revocation check not finished within {budget:.1f} s",
+                    reason=Reason.TIMEOUT)))
         described = tuple(
             (url, f"{hop.label} ({hop.how or 'route ' + hop.via})" if isinstance(hop, Hop) else f"nowhere ({hop.reason})")
             for url, hop in hops.items())
@@ -327,12 +332,17 @@ class Assessor:
         or its PAC's choice) while the system route has no proxy configuration at
         all (no static proxy, PAC or WPAD) -> the system-wide WinHTTP proxy is
         missing. A system route that asks for proxy credentials -> proxy_auth.
+        A CRL server that accepted and then stalled past the budget -> timeout.
         Any other case (same path, a WinHTTP proxy that cannot fetch the CRLs, or
         a PAC or bypass entry that sends them DIRECT into a firewall) -> the CRLs
         themselves are blocked."""
         configured = self.routes.configured(self.system_route)
         if configured and (status.reason == Reason.PROXY_AUTH_REQUIRED or status.http_status == 407):
             return Cause.PROXY_AUTH
+        if status.reason == Reason.TIMEOUT:
+            # The CRL server (or the proxy) took the connection and then stalled past the
+            # budget: nothing blocks the CRLs, the path is too slow.
+            return Cause.TIMEOUT
         if not configured and proxy not in ("DIRECT", ""):
             return Cause.WINHTTP_PROXY_MISSING
         return Cause.CRL_BLOCKED

@@ -79,7 +79,7 @@ class HresultRow:
         return (self.cause, *self.alternatives)
 
 
-_REVOCATION = (Cause.CRL_BLOCKED, Cause.PROXY_AUTH, Cause.CERT_REVOKED, Cause.CRL_INVALID)
+_REVOCATION = (Cause.CRL_BLOCKED, Cause.PROXY_AUTH, Cause.TIMEOUT, Cause.CERT_REVOKED, Cause.CRL_INVALID)
 
 HRESULTS: dict[str, HresultRow] = {
     row.hresult: row
@@ -277,7 +277,7 @@ REMEDIES: dict[Cause, str] = {
 # Rows whose cause assess.py chooses from the situation: crl_unreachable from the
 # routes, an untrusted or misnamed chain from pinning (an intercepted chain).
 ALTERNATE_CAUSES: dict[str, tuple[Cause, ...]] = {
-    str(Finding.CRL_UNREACHABLE): (Cause.WINHTTP_PROXY_MISSING, Cause.CRL_BLOCKED, Cause.PROXY_AUTH),
+    str(Finding.CRL_UNREACHABLE): (Cause.WINHTTP_PROXY_MISSING, Cause.CRL_BLOCKED, Cause.PROXY_AUTH, Cause.TIMEOUT),
     str(Reason.TLS_UNTRUSTED): (Cause.CERTIFICATE_INVALID, Cause.TLS_INSPECTION),
     str(Reason.TLS_HOSTNAME_MISMATCH): (Cause.CERTIFICATE_INVALID, Cause.TLS_INSPECTION),
 }

@@ -225,6 +225,36 @@ def test_leaf_without_aki_is_valid_like_windows(tmp_path, lab_pki, lab_servers):
     assert probe.success, probe.detail
 
 
+def test_ip_only_san_probed_by_name_is_a_hostname_mismatch(tmp_path, lab_pki, lab_servers):
+    """The chain is fine; the name is not: the certificate is for an address, not for this name."""
+    import ipaddress
+
+    from cryptography import x509
+
+    leaf = lab_pki.issue_leaf("wdcp.microsoft.com", san=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    server = lab_servers.serve(Ok(), port=443, tls=leaf)
+    probe = probe_maps(tmp_path, [server.connect_to("wdcp.microsoft.com", 443)], ca_file=lab_pki.ca_bundle_path)
+    assert probe.reason == Reason.TLS_HOSTNAME_MISMATCH, probe.detail
+
+
+@pytest.mark.parametrize("name, reason", [("wdcp.microsoft.com", None), ("other.example.com",
+                                                                        Reason.TLS_HOSTNAME_MISMATCH)])
+def test_a_leaf_with_only_a_common_name_is_matched_by_it_like_windows(tmp_path, lab_pki, lab_servers, name, reason):
+    """No subjectAltName: Windows' SSL policy compares the server name with the subject CN."""
+    server = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_leaf(name, san=None))
+    probe = probe_maps(tmp_path, [server.connect_to("wdcp.microsoft.com", 443)], ca_file=lab_pki.ca_bundle_path)
+    assert probe.reason == reason, probe.detail
+    assert probe.tls.presented, "the chain is reported either way"
+
+
+def test_a_ca_without_key_usage_is_a_ca_like_windows(tmp_path, lab_pki, lab_servers):
+    ca = lab_pki.issue_ca("Lab No KeyUsage CA", key_usage=False)
+    server = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_leaf("wdcp.microsoft.com", issuer=ca))
+    probe = probe_maps(tmp_path, [server.connect_to("wdcp.microsoft.com", 443)], ca_file=lab_pki.ca_bundle_path)
+    assert probe.success, probe.detail
+    assert [c.subject for c in probe.tls.verified_path][1] == ca.cert.subject.rfc4514_string()
+
+
 @pytest.mark.parametrize(
     "behaviour, reason",
     [

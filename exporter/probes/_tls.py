@@ -23,7 +23,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import ExtensionOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 from cryptography.x509.verification import (
     Criticality,
     DNSName,
@@ -197,16 +197,30 @@ class TrustStore:
         # CA certificates of chains that verified, by subject: the issuers a CRL
         # probe may find its CRL signed by (content.py), besides the anchors.
         self._seen_cas: OrderedDict[bytes, x509.Certificate] = OrderedDict()
-        # Windows' chain engine, which the endpoints are built for, does not
-        # require an authorityKeyIdentifier (inspection proxies such as
-        # mitmproxy omit it); relax that where cryptography's web-PKI policy
-        # insists, and keep everything else.
+        # Windows' chain engine, which the endpoints are built for, is less
+        # strict than cryptography's web-PKI policy in three places, relaxed
+        # here (everything else is kept; see README "Probe reasons"):
+        # - no authorityKeyIdentifier is needed (inspection proxies such as
+        #   mitmproxy omit it);
+        # - a CA certificate without a keyUsage extension is a CA (CryptoAPI
+        #   checks key usage only where the extension is present; the MUST in
+        #   RFC 5280 4.2.1.3 binds issuing CAs, not relying parties); one that
+        #   has the extension must allow keyCertSign;
+        # - a leaf without subjectAltName is matched by its subject common
+        #   name (CERT_CHAIN_POLICY_SSL compares the server name with "the DNS
+        #   name or common name" of the certificate: SSL_EXTRA_CERT_CHAIN_POLICY_PARA).
         self._ee_policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(
             x509.AuthorityKeyIdentifier, Criticality.AGNOSTIC, None
         )
-        self._ca_policy = ExtensionPolicy.webpki_defaults_ca().may_be_present(
-            x509.AuthorityKeyIdentifier, Criticality.AGNOSTIC, None
+        self._ca_policy = (
+            ExtensionPolicy.webpki_defaults_ca()
+            .may_be_present(x509.AuthorityKeyIdentifier, Criticality.AGNOSTIC, None)
+            .may_be_present(x509.KeyUsage, Criticality.AGNOSTIC, _may_sign_certificates)
         )
+        # For leaves without subjectAltName: no SAN required, serverAuth checked by hand.
+        self._cn_only_ee_policy = self._ee_policy.may_be_present(
+            x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
+        ).may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _for_server_authentication)
         self._verdicts: OrderedDict[tuple, tuple[float, ChainVerdict]] = OrderedDict()
 
     def verify(self, presented: list[bytes], hostname: str, *, now: float | None = None) -> ChainVerdict:
@@ -246,20 +260,19 @@ class TrustStore:
         except ValueError as exc:
             return ChainVerdict((), Reason.TLS_UNTRUSTED, f"certificate does not parse: {exc}")
         leaf, intermediates = certs[0], certs[1:]
-        subject = _subject(hostname)
         at_now = _utc(now)
-        path, error = self._try(leaf, intermediates, subject, at_now)
+        path, error = self._try_name(leaf, intermediates, hostname, at_now)
         if path is not None:
             self._remember_cas(path[1:])
             return ChainVerdict(tuple(cert_facts(c.public_bytes(Encoding.DER)) for c in path), None, "")
-        # Which single relaxation makes it verify tells us what was wrong.
-        own_name = _own_name(leaf)
-        if own_name is not None and self._try(leaf, intermediates, own_name, at_now)[0] is not None:
+        # Which single relaxation makes it verify tells us what was wrong: the
+        # certificate's own name (None: whatever name it carries) or another time.
+        if self._try_name(leaf, intermediates, None, at_now)[0] is not None:
             return ChainVerdict((), Reason.TLS_HOSTNAME_MISMATCH, f"certificate not valid for {hostname}: {error}")
         valid_at = _time_when_all_valid(facts)
         if valid_at is not None and valid_at != now:
-            for name in (subject, own_name):
-                if name is not None and self._try(leaf, intermediates, name, _utc(valid_at))[0] is not None:
+            for name in (hostname, None):
+                if self._try_name(leaf, intermediates, name, _utc(valid_at))[0] is not None:
                     expired = any(f.not_after < now for f in facts)
                     reason = Reason.TLS_EXPIRED if expired else Reason.TLS_NOT_YET_VALID
                     return ChainVerdict((), reason, _dates_problem(facts, now) or error)
@@ -281,6 +294,34 @@ class TrustStore:
             self._seen_cas.move_to_end(key)
         while len(self._seen_cas) > _SEEN_CAS_KEPT:
             self._seen_cas.popitem(last=False)
+
+    def _try_name(self, leaf, intermediates, hostname: str | None, when: dt.datetime):
+        """Verify for `hostname`, or (None) for the name the leaf itself carries."""
+        if _extension(leaf, ExtensionOID.SUBJECT_ALTERNATIVE_NAME) is None:
+            return self._try_cn_only(leaf, intermediates, hostname, when)
+        subject = _subject(hostname) if hostname is not None else _own_name(leaf)
+        if subject is None:
+            return None, "the certificate's subjectAltName holds no DNS name or IP address"
+        return self._try(leaf, intermediates, subject, when)
+
+    def _try_cn_only(self, leaf, intermediates, hostname: str | None, when: dt.datetime):
+        """A leaf without subjectAltName: the chain as for a server, the name by the subject's CN."""
+        builder = (
+            PolicyBuilder()
+            .store(self._store)
+            .time(when)
+            .extension_policies(ca_policy=self._ca_policy, ee_policy=self._cn_only_ee_policy)
+        )
+        try:
+            # The client verifier builds and checks the path without matching a SAN;
+            # the EKU (serverAuth, if the leaf restricts its use) is the policy's check.
+            chain = builder.build_client_verifier().verify(leaf, intermediates).chain
+        except (VerificationError, ValueError) as exc:
+            return None, str(exc)
+        names = [a.value for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if hostname is not None and not any(_cn_matches(str(n), hostname) for n in names):
+            return None, f"the certificate has no subjectAltName and its common name {names} is not {hostname}"
+        return chain, ""
 
     def _try(self, leaf, intermediates, subject, when: dt.datetime):
         builder = (
@@ -328,6 +369,7 @@ def _subject(hostname: str):
 
 
 def _own_name(leaf: x509.Certificate):
+    """A name the leaf is valid for (a DNS name, else an IP address of its SAN)."""
     san = _extension(leaf, ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
     if san is None:
         return None
@@ -336,7 +378,28 @@ def _own_name(leaf: x509.Certificate):
             return DNSName(name.replace("*.", "wildcard-probe.", 1))
         except ValueError:
             continue
+    for address in san.get_values_for_type(x509.IPAddress):
+        # A leaf for an address only, probed by name: the name is what is wrong.
+        return IPAddress(address)
     return None
+
+
+def _cn_matches(common_name: str, hostname: str) -> bool:
+    """RFC 6125 6.4 matching of a common name: case-insensitive, `*` only as the whole left-most label."""
+    cn, host = common_name.lower().rstrip("."), hostname.lower().rstrip(".")
+    if cn.startswith("*."):
+        return host.count(".") >= 2 and host.split(".", 1)[1] == cn[2:]
+    return cn == host
+
+
+def _may_sign_certificates(policy, cert: x509.Certificate, extension: x509.KeyUsage | None) -> None:
+    if extension is not None and not extension.key_cert_sign:
+        raise ValueError("the CA certificate's keyUsage does not allow keyCertSign")
+
+
+def _for_server_authentication(policy, cert: x509.Certificate, extension: x509.ExtendedKeyUsage | None) -> None:
+    if extension is not None and not {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE} & set(extension):
+        raise ValueError("the certificate's extendedKeyUsage does not allow serverAuth")
 
 
 def _dates_problem(facts: list[CertFacts], now: float) -> str:

@@ -258,6 +258,31 @@ class LabPKI:
             return self.inspection
         raise ValueError(f"unknown issuer {which!r}: use 'issuing', 'root', 'inspection' or a CA")
 
+    def issue_ca(self, name: str, *, key_usage: bool = True) -> CA:
+        """An intermediate CA under the root; `key_usage=False` leaves out the keyUsage extension
+        (RFC 5280 asks CAs to include it; Windows' chain engine does not insist)."""
+        key = _new_key(self.key_type, self.name, _safe(name))
+        subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"{self.name} Corporation"),
+                             x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = utcnow()
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.root.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=30))
+            .not_valid_after(now + dt.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(_aki(self.root.cert), critical=False)
+        )
+        if key_usage:
+            builder = builder.add_extension(_ca_key_usage(), critical=True)
+        cert = builder.sign(self.root.key, hashes.SHA256())
+        return _write_ca(self.directory, f"{self.name.lower()}-{_safe(name)}", "intermediate", cert, key, self.root,
+                         "", "")
+
     def next_serial(self) -> int:
         # Small, predictable serials make revocation tests easy to read.
         self._serial += 1
@@ -276,6 +301,7 @@ class LabPKI:
         key_type: KeyType | None = None,
         serial: int | None = None,
         server_auth: bool = True,
+        san: Sequence[x509.GeneralName] | None | _Default = DEFAULT,
     ) -> LeafBundle:
         """Issue a server certificate for `hostnames` (first one is also the CN).
 
@@ -319,9 +345,13 @@ class LabPKI:
                 ),
                 critical=True,
             )
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         )
+        # `san`: the names of the subjectAltName (default: DNS names of `hostnames`); None: no SAN
+        # at all, the name is only the subject CN (what old internal CAs issue).
+        general_names = [x509.DNSName(n) for n in names] if san is DEFAULT else san
+        if general_names is not None:
+            builder = builder.add_extension(x509.SubjectAlternativeName(list(general_names)), critical=False)
         if server_auth:
             builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         if with_aki:
