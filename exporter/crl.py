@@ -26,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from .config import ConnectTo, Limits, Route
+from .probes.content import load_certificate, load_crl
 from .probes.fetch import CRYPTNET_REDIRECTS, fetch
 from .reasons import Reason
 
@@ -237,15 +238,12 @@ class CRLCache:
 
 def _parse(url: str, body: bytes, etag: str | None, last_modified: str | None) -> tuple[CRLDocument | None, str]:
     try:
-        if body.lstrip().startswith(b"-----BEGIN"):
-            crl = x509.load_pem_x509_crl(body)
-        else:
-            crl = x509.load_der_x509_crl(body)
+        crl = load_crl(body)
         this_update = crl.last_update_utc.timestamp()
         next_update = crl.next_update_utc.timestamp() if crl.next_update_utc else None
         issuer = crl.issuer.rfc4514_string()
     except Exception as exc:  # noqa: BLE001 - garbage in, crl_invalid out
-        return None, f"not a CRL (DER or PEM): {str(exc)[:120]}"
+        return None, str(exc) if isinstance(exc, ValueError) else f"not a CRL (DER or PEM): {str(exc)[:120]}"
     return CRLDocument(url, crl, len(body), issuer, this_update, next_update, etag, _http_date(last_modified),
                        crl.fingerprint(hashes.SHA256())), ""
 
@@ -262,10 +260,8 @@ def _http_date(value: str | None) -> str | None:
 
 def _load_cert(body: bytes) -> x509.Certificate | None:
     try:
-        if body.lstrip().startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_certificate(body)
-        return x509.load_der_x509_certificate(body)
-    except Exception:  # noqa: BLE001
+        return load_certificate(body)
+    except ValueError:
         return None
 
 

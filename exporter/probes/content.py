@@ -47,15 +47,35 @@ def problem(answer: HTTPAnswer, expect: Expect, trust: TrustStore, *, now: float
     return None
 
 
-def _crl(body: bytes, trust: TrustStore, now: float) -> str | None:
+def load_crl(body: bytes) -> x509.CertificateRevocationList:
+    """A CRL in DER or PEM; ValueError (with words) if the body is none."""
     try:
         if body.lstrip().startswith(b"-----BEGIN"):
             crl = x509.load_pem_x509_crl(body)
         else:
             crl = x509.load_der_x509_crl(body)
-        issuer_name = crl.issuer.rfc4514_string()
+        crl.issuer.rfc4514_string()  # a name that does not decode is no usable CRL either
     except Exception as exc:  # noqa: BLE001 - any malformed CRL is "not a CRL"
-        return f"not a CRL (DER or PEM): {str(exc)[:100]}"
+        raise ValueError(f"not a CRL (DER or PEM): {str(exc)[:120]}") from None
+    return crl
+
+
+def load_certificate(body: bytes) -> x509.Certificate:
+    """An X.509 certificate in DER or PEM; ValueError (with words) if the body is none."""
+    try:
+        if body.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_certificate(body)
+        return x509.load_der_x509_certificate(body)
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"not an X.509 certificate (DER or PEM): {str(exc)[:120]}") from None
+
+
+def _crl(body: bytes, trust: TrustStore, now: float) -> str | None:
+    try:
+        crl = load_crl(body)
+    except ValueError as exc:
+        return str(exc)
+    issuer_name = crl.issuer.rfc4514_string()
     issuers = trust.certificates_named(crl.issuer)
     if not issuers:
         return f"a CRL of {issuer_name}, whose certificate is neither a trusted root nor a CA of a verified chain"
@@ -80,12 +100,9 @@ def _ctl(body: bytes, trust: TrustStore, now: float) -> str | None:
 
 def _cert(body: bytes, trust: TrustStore, now: float) -> str | None:
     try:
-        if body.lstrip().startswith(b"-----BEGIN"):
-            x509.load_pem_x509_certificate(body)
-        else:
-            x509.load_der_x509_certificate(body)
-    except Exception as exc:  # noqa: BLE001
-        return f"not an X.509 certificate (DER or PEM): {str(exc)[:100]}"
+        load_certificate(body)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 

@@ -2,8 +2,7 @@
 
     with Tinyproxy(workdir, {"go.microsoft.com": "127.101.0.2"}, deny_domains=["blocked.microsoft.com"],
                    auth=("noc", "s3cret")) as proxy:
-        proxy.url          # http://127.0.0.1:PORT (no credentials)
-        proxy.proxy_url    # with the credentials, when auth is on
+        proxy.url          # http://127.0.0.1:PORT (no credentials; put them in the route's URL)
     ApacheProxy(...)       # the same surface
 
 Both resolve names with the C library, so each runs in a mount namespace of its
@@ -16,17 +15,16 @@ upstream is a name mapped to an address where nothing listens.
 
 from __future__ import annotations
 
-import base64
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from .mitm import _accepts
 from .servers import free_port
 from .squid import _apr1_hash, _start_resolver
 
@@ -56,16 +54,6 @@ class _ForwardProxy:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def proxy_url(self) -> str:
-        if self.auth is None:
-            return self.url
-        user, password = self.auth
-        return f"http://{user}:{password}@127.0.0.1:{self.port}"
-
-    def url_with(self, user: str, password: str) -> str:
-        return f"http://{user}:{password}@127.0.0.1:{self.port}"
 
     def __enter__(self):
         self.start()
@@ -197,15 +185,3 @@ class ApacheProxy(_ForwardProxy):
                      "</ProxyMatch>"]
         (w / "apache.conf").write_text("\n".join(conf) + "\n")
         return [exe, "-X", "-f", str(w / "apache.conf")]
-
-
-def basic(user: str, password: str) -> str:
-    return base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
