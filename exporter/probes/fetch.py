@@ -61,8 +61,9 @@ class TLSPolicy:
 
 @dataclass(frozen=True)
 class Fetched:
-    """What one fetch came to. `answer` is set whenever an answer arrived, also
-    when it failed (a proxy's own answer, a body cut short keeps none)."""
+    """What one fetch came to. `answer` is set whenever a complete answer
+    arrived, also when it is a failure (the proxy's own answer); a failure
+    before or while reading it leaves it None."""
 
     url: str  # the URL that gave the answer: the last one after redirects
     answer: HTTPAnswer | None
@@ -122,9 +123,10 @@ async def fetch(
                 if answer.status not in REDIRECT_STATUSES or not location or len(progress.hops) >= redirects:
                     break
                 target = urljoin(progress.url, location.strip())
-                if urlsplit(target).scheme not in ("http", "https") or (
-                        urlsplit(progress.url).scheme == "https" and urlsplit(target).scheme == "http"):
-                    break  # not followed: the 3xx is the answer
+                scheme = urlsplit(target).scheme
+                if scheme not in ("http", "https") or (urlsplit(progress.url).scheme, scheme) == ("https", "http") \
+                        or (scheme == "https" and tls is None):
+                    break  # not followed (WinHTTP's policy, or no TLS policy given): the 3xx is the answer
                 state.log(f"redirect {answer.status} -> {target}")
                 progress.hops.append(progress.url)
                 progress.url = target
