@@ -2,9 +2,11 @@
 
     defender-connectivity-exporter [--config.file F] [--web.listen-address :10100] ...
     defender-connectivity-exporter check [--config.file F] [--group G ...] [--format text|json] [--routes]
+    defender-connectivity-exporter host [--textfile DIR] [--config.file F]
 
-Exit codes: 0 fine, 1 a check failed, 2 bad usage or configuration, 141 (128 + SIGPIPE) the
-reader of the output went away (`check | head -1`), as for any Unix tool.
+Exit codes: 0 fine, 1 a check failed (host: a collector failed), 2 bad usage or configuration,
+3 (host) the textfile could not be written, 141 (128 + SIGPIPE) the reader of the output went
+away (`check | head -1`), as for any Unix tool.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ PROG = "defender-connectivity-exporter"
 # The subcommands: the first word on the command line; without one, the exporter serves.
 COMMANDS = {
     "check": "probe every target once, print the results and the MAPS verdict",
+    "host": "run the host-side collectors once, for a node exporter's textfile collector",
 }
 
 log = logging.getLogger("exporter")
@@ -106,6 +109,19 @@ def build_check_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_host_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=f"{PROG} host",
+                     description="Run the host-side collectors (MpCmdRun, netsh, reg, Get-MpComputerStatus or "
+                                 "mdatp) once and write their series for a node exporter's textfile collector.",
+                     epilog="Exit codes: 0 written, every collector succeeded; 1 written, a collector failed; "
+                            "2 bad usage or configuration; 3 the file could not be written.")
+    _common(parser)
+    parser.add_argument("--textfile", metavar="DIR",
+                        help="write DIR/defender_connectivity.prom atomically (the textfile collector's "
+                             "directory); without it the series go to standard output")
+    return parser
+
+
 def parse_listen_address(text: str) -> tuple[str | None, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
@@ -146,6 +162,12 @@ def _run(argv: list[str]) -> int:
             from .check import run_check
 
             return run_check(args)
+        if argv and argv[0] == "host":
+            args = build_host_parser().parse_args(argv[1:])
+            setup(args.log_level, args.log_format)
+            from .hostside.textfile import run as run_host
+
+            return run_host(args.config_file, args.textfile)
         args = build_parser().parse_args(argv)
         setup(args.log_level, args.log_format)
         config = load_config(args.config_file)

@@ -177,6 +177,14 @@ HOST_ROUTE_MISMATCH = _spec(
 HOST_SIGNATURE_AGE = _spec(
     "defender_host_signature_age_days", "gauge",
     "Age of the installed security intelligence in days (AntivirusSignatureAge).", (), always_shown=False)
+HOST_TEXTFILE_COLLECTOR_SUCCESS = _spec(
+    "defender_host_textfile_collector_success", "gauge",
+    "Textfile mode: 1 if the host collector ran and its output was understood at the last run.",
+    ("collector",), always_shown=False)
+HOST_TEXTFILE_LAST_RUN = _spec(
+    "defender_host_textfile_last_run_timestamp_seconds", "gauge",
+    "Textfile mode: Unix time the last run of `host --textfile` finished its collection.", (),
+    always_shown=False)
 
 # --- the exporter itself -------------------------------------------------------
 BUILD_INFO = _spec(

@@ -5,21 +5,23 @@
 # Python packages go into the project's own virtual environment `.venv` (created with the
 # Debian system interpreter /usr/bin/python3 when there is one), never into the system Python:
 # Debian 12 and Ubuntu 24.04 refuse that (PEP 668, "externally-managed-environment").
-# Services are left alone: every test starts its own Squid, Prometheus and Alertmanager on
+# Services are left alone: every test starts its own Squid, Prometheus, Alertmanager, node_exporter on
 # free loopback ports, so a Prometheus or Squid already running on this machine keeps running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the lab uses: Squid, tinyproxy and Apache httpd (forward proxies of three
 # families on the routes), mitmproxy (a real TLS-inspecting proxy), Prometheus + promtool and
-# Alertmanager (rules, e2e alerting), Chromium + driver
+# Alertmanager (rules, e2e alerting), node_exporter (reads textfile mode's file), systemd
+# (systemd-analyze verify of deploy/systemd), Chromium + driver
 # (status page), iproute2 and util-linux (network namespaces for the built-in catalogue run),
 # python3-venv (the project's virtual environment), gcab + osslsigncode + cabextract
 # (certificate trust list cabinets, packed, signed and checked by real tools), jsonnet (renders
 # the monitoring mixin in mixin/), victoria-metrics (VictoriaMetrics, vmagent and vmalert for the
 # many-sites e2e test).
-packages=(squid tinyproxy apache2 mitmproxy prometheus prometheus-alertmanager chromium chromium-driver iproute2 util-linux
-          ca-certificates python3-venv gcab osslsigncode cabextract jsonnet victoria-metrics)
+packages=(squid tinyproxy apache2 mitmproxy prometheus prometheus-alertmanager prometheus-node-exporter systemd
+          chromium chromium-driver iproute2 util-linux ca-certificates python3-venv gcab osslsigncode cabextract
+          jsonnet victoria-metrics)
 # Node.js and npm (tests/test_grafana_schema.py runs tsc): Debian's, unless the machine has its own.
 command -v npm >/dev/null || packages+=(nodejs npm)
 . tests/setup.sh

@@ -166,6 +166,9 @@ class HostSnapshot:
     system_internet: ProxySettings | None = None
     # (route, expected from the config, found on the host); set by the exporter (routes.py).
     route_checks: tuple[tuple[str, str, str], ...] = ()
+    # Each collector run, by name ("mpcmdrun", "reg SSLOptions", ...), and whether it ran
+    # and its output was understood (its errors start with its name).
+    collectors: tuple[tuple[str, bool], ...] = field(default=())
 
 
 def _maps_from_mpcmdrun(v: MapsValidation) -> HostMaps:
@@ -212,7 +215,8 @@ async def collect_host(cfg: HostConfig, *, evidence: Evidence = Evidence()) -> H
                 maps = _maps_from_mdatp(c)
             else:
                 errors.append(f"mdatp: {c.error}")
-        return HostSnapshot(mode=mode, taken_at=time.time(), maps=maps, errors=tuple(errors))
+        return HostSnapshot(mode=mode, taken_at=time.time(), maps=maps, errors=tuple(errors),
+                            collectors=_outcomes(("mdatp",), errors))
 
     commands = {
         "mpcmdrun": [cfg.mpcmdrun, "-ValidateMapsConnection"],
@@ -264,7 +268,14 @@ async def collect_host(cfg: HostConfig, *, evidence: Evidence = Evidence()) -> H
         else:
             errors.append(f"powershell: {a.error}")
     _proxy_fields(res, fields, errors, ran)
-    return HostSnapshot(mode=mode, taken_at=time.time(), errors=tuple(errors), **fields)
+    # "reg SYSTEM Connections" is read as a part of "reg SYSTEM Internet Settings", not on its own.
+    collectors = tuple(name for name in commands if name != "reg SYSTEM Connections")
+    return HostSnapshot(mode=mode, taken_at=time.time(), errors=tuple(errors),
+                        collectors=_outcomes(collectors, errors), **fields)
+
+
+def _outcomes(names: tuple[str, ...], errors: list[str]) -> tuple[tuple[str, bool], ...]:
+    return tuple((name, not any(e.startswith(f"{name}: ") for e in errors)) for name in names)
 
 
 def _proxy_fields(res: dict[str, RunResult], fields: dict[str, Any], errors: list[str], ran) -> None:
