@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 
-from . import __version__
+from . import __version__, signals
 from .config import ConfigError, load_config
 from .logs import LEVELS, setup
 from .wording import http_url, plural
@@ -238,8 +238,6 @@ async def _serve(config, args, host: str | None, port: int) -> int:
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
     reloads: set[asyncio.Task] = set()  # keep a reference: the loop holds tasks only weakly
 
     def on_sighup() -> None:
@@ -247,7 +245,7 @@ async def _serve(config, args, host: str | None, port: int) -> int:
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
-    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    signals.install(loop, stop.set, on_sighup)  # Windows: Ctrl+C / Ctrl+Break, reload by /-/reload
     await stop.wait()
     log.info("shutting down")
     full_collections.stop()

@@ -50,6 +50,18 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "squid: starts a real Squid proxy (Debian package squid)")
 
 
+@pytest.fixture(params=["kernel", "portable"])
+def probe_transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test over the kernel-dated transport and again over the portable one (asyncio
+    streams, what Windows gets), forced by DEFENDER_EXPORTER_TRANSPORT; modules opt in with
+    `pytestmark = pytest.mark.usefixtures("probe_transport")`."""
+    if request.param == "portable":
+        monkeypatch.setenv("DEFENDER_EXPORTER_TRANSPORT", "portable")
+    else:
+        monkeypatch.delenv("DEFENDER_EXPORTER_TRANSPORT", raising=False)
+    return request.param
+
+
 def free_port(ip: str = "127.0.0.1") -> int:
     """A TCP port free on `ip` a moment ago (bind to 0, read it, close)."""
     return _free_port(ip)

@@ -32,6 +32,9 @@ from lab.servers import (
 from lab.squid import SquidFactory
 from support import recv_head
 
+# Each test runs over both probe transports (conftest.probe_transport).
+pytestmark = pytest.mark.usefixtures("probe_transport")
+
 HOST = "wdcp.microsoft.com"
 
 

@@ -31,6 +31,9 @@ from exporter.causes import (
 )
 from exporter.reasons import Reason
 
+# Each test runs over both probe transports (conftest.probe_transport).
+pytestmark = pytest.mark.usefixtures("probe_transport")
+
 MAPS = "https://wdcp.microsoft.com/"
 CRL_HOSTS = ("crl.microsoft.com", "www.microsoft.com")
 DOC = Path(__file__).parent.parent / "docs" / "maps-validation.md"

@@ -23,6 +23,9 @@ from support import lab_config, outcome_for
 from exporter.probes._tls import TrustStore
 from exporter.reasons import Reason
 
+# Each test runs over both probe transports (conftest.probe_transport).
+pytestmark = pytest.mark.usefixtures("probe_transport")
+
 MAPS = "https://wdcp.microsoft.com/"
 
 
@@ -164,12 +167,13 @@ def test_reset_reported_by_the_connect_is_a_reset(tmp_path, lab_servers, monkeyp
     import errno
     import os
 
-    from exporter.probes import _conn
+    from exporter.probes import _conn, _portable
 
     async def reset_at_connect(*args, **kwargs):
         raise OSError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
 
-    monkeypatch.setattr(_conn.Connection, "connect", reset_at_connect)
+    for transport in (_conn.Connection, _portable.PortableConnection):
+        monkeypatch.setattr(transport, "connect", reset_at_connect)
     if through_proxy:
         path = lab_config(tmp_path, {"maps": [MAPS]}, routes={"defender": "http://127.0.0.1:3128"})
         probe = outcome_for(path, MAPS).probe

@@ -25,6 +25,7 @@ from ..config import ConnectTo, ProxyURL
 from ..metrics import PHASES
 from ..reasons import Reason
 from ._conn import Connection
+from ._portable import connection_type, fall_back
 
 Trace = Callable[[str], None]
 
@@ -146,9 +147,14 @@ async def dial(host: str, port: int, state: ProbeState, *, what: str) -> Stream:
     state.log(f"resolved {host} -> {', '.join(str(a[0]) for _, a in addresses)}")
     state.clock.begin("connect", f"connecting to {what}")
     last_error: OSError | None = None
+    transport = connection_type()
     for family, address in addresses:
         try:
-            conn = await Connection.connect(family, address)
+            try:
+                conn = await transport.connect(family, address)
+            except NotImplementedError as exc:  # a platform limitation, not the endpoint's failure
+                transport = fall_back(asyncio.get_running_loop(), exc)
+                conn = await transport.connect(family, address)
         except OSError as exc:
             last_error = exc
             state.log(f"connect to {address[0]}:{address[1]} failed: {exc.strerror or exc}")
@@ -212,4 +218,8 @@ def translate(exc: BaseException, state: ProbeState) -> ProbeFailure:
         return ProbeFailure(Reason.CONNECTION_RESET, f"TLS error ({step}): {exc}")
     if isinstance(exc, OSError):
         return ProbeFailure(Reason.CONNECTION_RESET, f"network error ({step}): {exc.strerror or exc}")
+    if isinstance(exc, NotImplementedError):
+        # What this platform or event loop lacks says nothing about the endpoint: no reason
+        # fits, and http_error would page for a healthy network. Let it surface as our bug.
+        raise exc
     return ProbeFailure(Reason.HTTP_ERROR, f"unexpected {type(exc).__name__} ({step}): {exc}")
