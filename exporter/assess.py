@@ -1,31 +1,34 @@
 """After the probe: revocation, pinning and the MAPS verdict for one job.
 
-The probe says whether the endpoint was reached over a valid TLS connection.
-This module adds what Windows checks on top, without changing the probe's
-success or reason:
+The probe says whether the endpoint was reached over a valid TLS connection
+(missing issuers fetched by AIA on the system route, see aia.py). This module
+adds what Windows checks on top, without changing the probe's success or reason:
 
-- revocation: every certificate of the verified chain (leaf and
-  intermediates) against its CRL distribution points, fetched on the
-  **system** route, the path the OS uses (see crl.py);
+- revocation: every certificate of the verified chain but the root, in
+  Windows' order: its OCSP responders (ocsp.py), then its CRL distribution
+  points (crl.py), all fetched on the **system** route, the path the OS uses;
+  a certificate naming neither fails (revocation_info_missing), as WinHTTP
+  fails it on Windows;
+- the endpoint cache model: until when an endpoint that fetched the chain's
+  revocation data while it could keeps passing (Outcome.revocation_valid_until);
 - pinning: the chain must end at one of the group's expected roots, else the
   connection is intercepted (a TLS-inspecting proxy, even a trusted one);
 - for groups with `validate_maps`, the verdict MpCmdRun -ValidateMapsConnection
   would give, with the hresult, the cause and the reason (causes.py).
 
-A certificate with no CRL distribution point has revocation status "unknown"
-(as Windows' chain engine reports it); it does not fail the verdict, since the
-legitimate Microsoft chains always carry one and a chain without is caught by
-pinning instead.
-
 Pinning of a chain that did NOT verify (an inspection box whose CA is not
 installed, a captive portal): `intercepted` is judged from the presented
 chain: intercepted unless some presented certificate is an expected root or
 is signed by one. The probe's reason (tls_untrusted, ...) and hresult stay;
-the verdict's cause becomes tls_inspection when the chain is intercepted.
+the verdict's cause becomes tls_inspection when the chain is intercepted. A
+chain left incomplete because its issuer could not be fetched is not judged.
 
 Time: the revocation stage has its own budget (see _revocation_budget), the
-CRLs of a chain are fetched concurrently, so a job ends within its timeout
-plus a few seconds, well inside the scheduler's safety margin.
+certificates of a chain are checked concurrently, and within one certificate
+each URL but the last gets half the budget left (as Windows' accumulative
+revocation timeout does), so a hanging OCSP responder leaves time for the
+CRLs; a job ends within its timeout plus a few seconds, well inside the
+scheduler's safety margin.
 """
 
 from __future__ import annotations
@@ -38,11 +41,11 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from .causes import VERDICT_TABLE, Cause, Evidence, Finding, cause_for
 from .config import Config, ProbeJob, Route
 from .crl import CRLCache, RevocationStatus
+from .ocsp import OCSPCache
 from .probes import CertFacts, ProbeEnv, ProbeResult, run_probe
 from .probes._net import Trace
 from .probes._tls import TrustStore
@@ -57,42 +60,72 @@ class ChainRevocation:
     statuses: tuple[tuple[str, RevocationStatus], ...]  # (certificate subject, status), leaf first
     # For a system route evaluated per URL: (CRL URL, "DIRECT (PAC ... entry 1 of 2)", ...).
     hops: tuple[tuple[str, str], ...] = ()
+    # Per certificate (same order): until when the endpoint's cache (the last good OCSP answer or
+    # CRL it could fetch) keeps it passing; None where no good answer was ever fetched.
+    cached_until: tuple[float | None, ...] = ()
 
     def worst(self) -> RevocationStatus | None:
-        order = ("revoked", "unreachable", "invalid", "stale")
-        for wanted in order:
+        for wanted in _WORST_FIRST:
             for _, status in self.statuses:
                 if status.status == wanted:
                     return status
         return None
 
+    def valid_until(self) -> float | None:
+        """The earliest expiry of the cached answers the chain needs: until then an endpoint that
+        fetched them when it still could keeps passing. None if a certificate has none (or is revoked)."""
+        if not self.statuses or any(s.status in ("revoked", "no_info") for _, s in self.statuses):
+            return None
+        if len(self.cached_until) != len(self.statuses) or any(u is None for u in self.cached_until):
+            return None
+        return min(u for u in self.cached_until if u is not None)
+
+    def decided_by(self) -> str:
+        """Which source decided each certificate, e.g. "CN=leaf: ocsp http://..., CN=CA: crl http://..."."""
+        return ", ".join(f"{subject}: {s.source} {s.url}" for subject, s in self.statuses
+                         if s.status in ("good", "revoked"))
+
+
+# Worst first: what the verdict reports when several certificates fail.
+_WORST_FIRST = ("revoked", "unreachable", "invalid", "stale", "no_info")
+
 
 # Over the group's timeout, the most a job may spend on revocation after a slow
 # probe (the scheduler drops a job at timeout + 5 s).
 REVOCATION_GRACE = 4.0
+REVOCATION_MIN_BUDGET = 1.0
 # A CRL fetch ends this long before the revocation stage's deadline, on its own timeout.
 FETCH_MARGIN = 0.1
-REVOCATION_MIN_BUDGET = 1.0
 
 _STATUS_FINDING = {
     "revoked": Finding.CERT_REVOKED,
     "unreachable": Finding.CRL_UNREACHABLE,
     "invalid": Finding.CRL_INVALID,
     "stale": Finding.CRL_STALE,
+    "no_info": Finding.REVOCATION_INFO_MISSING,
+}
+# A certificate without distribution points whose OCSP responders did not decide.
+_OCSP_FINDING = {
+    "unreachable": Finding.OCSP_UNREACHABLE,
+    "invalid": Finding.OCSP_INVALID,
+    "stale": Finding.OCSP_STALE,
+    "revoked": Finding.CERT_REVOKED,
 }
 
 
 class Assessor:
     """Runs a job: probe, then revocation and pinning, then the MAPS verdict."""
 
-    def __init__(self, config: Config, *, crl_cache: CRLCache | None = None, trust: TrustStore | None = None,
-                 pac_sandbox: PacSandbox | None = None):
+    def __init__(self, config: Config, *, crl_cache: CRLCache | None = None, ocsp_cache: OCSPCache | None = None,
+                 trust: TrustStore | None = None, pac_sandbox: PacSandbox | None = None):
         self.config = config
         self.trust = trust
         # Routes evaluated per URL (bypass, PAC, WPAD, fallback); the sandbox outlives reloads.
         self.routes = RouteBook(config, sandbox=pac_sandbox, trust=trust)
         self.crl_cache = crl_cache or CRLCache(config.limits, config.connect_to)
         self.crl_cache.reconfigure(config.limits, config.connect_to)
+        self.ocsp_cache = ocsp_cache or OCSPCache(config.limits, config.connect_to)
+        self.ocsp_cache.reconfigure(config.limits, config.connect_to)
         self._roots: dict[bytes, x509.Certificate] | None = None
         self._judgements: OrderedDict[tuple[int, bytes, bytes], tuple[object, RevocationStatus, float]] = OrderedDict()
 
@@ -124,6 +157,11 @@ class Assessor:
                 if trace:
                     trace(f"pinning: chain ends at {tls.verified_path[-1].subject}: "
                           + ("NOT an expected root (intercepted)" if intercepted else "expected root"))
+        elif tls is not None and tls.aia_error and probe.reason == Reason.TLS_UNTRUSTED:
+            # The issuer could not be fetched: the chain is incomplete, which says nothing
+            # about interception (Microsoft's leaf alone is not signed by a root either).
+            if trace:
+                trace(f"pinning: not judged, the chain lacks an issuer ({tls.aia_error})")
         elif tls is not None and tls.presented and job.group.expected_roots:
             intercepted = not self._presented_reaches_expected_root(tls.presented, job.group.expected_roots)
             if trace:
@@ -139,16 +177,23 @@ class Assessor:
             if trace:
                 trace(f"MAPS verdict: {'valid' if verdict.valid else f'invalid: {verdict.reason} -> {verdict.cause} ({verdict.hresult})'}")
         crl_urls = tuple(dict.fromkeys(u for c in (tls.verified_path if tls else ()) for u in c.crl_urls))
-        return Outcome(probe, revoked=revoked, intercepted=intercepted, maps=verdict, crl_urls=crl_urls, proxy=proxy)
+        valid_until = revocation.valid_until() if revocation is not None and job.group.validate_maps else None
+        return Outcome(probe, revoked=revoked, intercepted=intercepted, maps=verdict, crl_urls=crl_urls, proxy=proxy,
+                       revocation_valid_until=valid_until)
 
     async def check_revocation(self, job: ProbeJob, path, *, trace: Trace | None = None,
                                budget: float | None = None) -> ChainRevocation:
-        """Each certificate but the anchor, against its own distribution points.
+        """Each certificate but the anchor, in Windows' order of revocation sources.
 
-        The certificates are checked concurrently; within one certificate the
-        distribution points are tried in order until one decides (good or
-        revoked). A certificate whose check has not finished within `budget`
-        seconds is "unreachable" (timed out)."""
+        Windows (CertGetCertificateChain, "Certificate revocation list semantics"): a
+        stapled OCSP response, a time-valid OCSP response or CRL in the CryptNet URL cache,
+        a CRL in a system store, OCSP from the certificate's AIA, then its CRL distribution
+        points. We model a fresh endpoint (empty cache, no staple asked for: see
+        docs/maps-validation.md), so: each OCSP responder, then each distribution point,
+        until one decides (good or revoked). The root is not checked
+        (CERT_CHAIN_REVOCATION_CHECK_CHAIN_EXCLUDE_ROOT). The certificates are checked
+        concurrently; one whose check has not finished within `budget` seconds is
+        "unreachable" (timed out). The cache model (cached_until) is computed alongside."""
         budget = job.group.timeout if budget is None else budget
         system = self.system_route
         certs = [_certificate(f.der) for f in path]
@@ -174,45 +219,60 @@ class Assessor:
             return hop.route if isinstance(hop, Hop) else None
 
         async def one(i: int, facts: CertFacts) -> RevocationStatus:
-            cert = certs[i]
-            issuer = certs[i + 1] if i + 1 < len(certs) else None
-            if issuer is None:  # not reached for a verified path; kept for partial paths
-                for url in facts.ca_issuers_urls:
-                    route = await route_for(url)
-                    if route is None:
-                        continue
-                    issuer = await self.crl_cache.fetch_issuer(url, route, _left(deadline))
-                    if issuer is not None:
-                        break
-            issuer_der = path[i + 1].der if i + 1 < len(path) else (
-                issuer.public_bytes(Encoding.DER) if issuer is not None else b"")
-            if not facts.crl_urls:
+            cert, issuer = certs[i], certs[i + 1]
+            if not facts.crl_urls and not facts.ocsp_urls:
                 if trace:
-                    trace(f"CRL: {facts.subject} has no CRL distribution point -> unknown (does not fail)")
-                return RevocationStatus("unknown", "", "no CRL distribution point")
-            status = RevocationStatus("unreachable", "", "no distribution point tried")
+                    trace(f"revocation: {facts.subject} names no OCSP responder and no CRL distribution point")
+                return RevocationStatus("no_info", "", "the certificate names no OCSP responder and no CRL "
+                                        "distribution point (CRYPT_E_NO_REVOCATION_CHECK)", source="none")
+            failures: list[RevocationStatus] = []
+            sources = len(facts.ocsp_urls) + len(facts.crl_urls)
+
+            def share() -> float:
+                # Each URL but the last gets half of what is left (Windows' accumulative timeout);
+                # the fetch's own deadline comes first, so that a stall is named by the step it
+                # happened in (timeout vs connect_timeout), not cut off here.
+                left = max(0.05, _left(deadline) - FETCH_MARGIN)
+                return left / (2 if len(failures) < sources - 1 else 1)
+
+            def nowhere(url: str, source: str) -> RevocationStatus:
+                failure = hops[url]
+                return RevocationStatus("unreachable", url, f"{failure.reason}: {failure.detail}", source=source)
+
+            for url in facts.ocsp_urls:
+                route = await route_for(url)
+                if route is None:
+                    failures.append(nowhere(url, "ocsp"))
+                    continue
+                check = await self.ocsp_cache.check(url, cert, issuer, route, share())
+                status = self.ocsp_cache.judge(check)
+                if trace:
+                    how = f"HTTP {check.http_status} ({check.method})" if check.reachable else check.error
+                    trace(f"OCSP {url} via route {route.name}: {how} -> {status.status}"
+                          + (f" ({status.detail})" if status.detail else ""))
+                if status.status in ("good", "revoked"):
+                    return status
+                failures.append(status)
             for url in facts.crl_urls:
                 route = await route_for(url)
                 if route is None:
-                    failure = hops[url]
-                    status = RevocationStatus("unreachable", url, f"{failure.reason}: {failure.detail}")
+                    failures.append(nowhere(url, "crl"))
                     continue
                 try:
-                    # The fetch's own deadline comes first, so that a stall is named by
-                    # the step it happened in (timeout vs connect_timeout), not cut off here.
-                    check = await self.crl_cache.check(url, route, max(0.05, _left(deadline) - FETCH_MARGIN))
+                    check = await self.crl_cache.check(url, route, share())
                 except Exception as exc:  # noqa: BLE001 - a bug here must not lose the job
-                    status = RevocationStatus("unreachable", url, f"CRL check failed: {exc}")
+                    failures.append(RevocationStatus("unreachable", url, f"CRL check failed: {exc}"))
                     continue
-                status = self._judge(cert, facts.der, issuer, issuer_der, check)
+                status = self._judge(cert, facts.der, issuer, path[i + 1].der, check)
                 if trace:
                     how = "304 not modified" if check.not_modified else (
                         f"HTTP {check.http_status}" if check.reachable else check.error)
                     trace(f"CRL {url} via route {route.name}: {how} -> {status.status}"
                           + (f" ({status.detail})" if status.detail else ""))
                 if status.status in ("good", "revoked"):
-                    break  # a usable CRL decides; otherwise try the next point
-            return status
+                    return status
+                failures.append(status)
+            return _no_decision(failures)
 
         tasks = [asyncio.ensure_future(one(i, facts)) for i, facts in enumerate(path[:-1])]
         try:
@@ -227,14 +287,28 @@ class Assessor:
             if task.done() and not task.cancelled() and task.exception() is None:
                 statuses.append((facts.subject, task.result()))
             else:
-                url = facts.crl_urls[0] if facts.crl_urls else ""
+                url = facts.crl_urls[0] if facts.crl_urls else (facts.ocsp_urls[0] if facts.ocsp_urls else "")
                 statuses.append((facts.subject, RevocationStatus(
                     "unreachable", url, f"{Reason.TIMEOUT}: revocation check not finished within {budget:.1f} s",
                     reason=Reason.TIMEOUT)))
         described = tuple(
             (url, f"{hop.label} ({hop.how or 'route ' + hop.via})" if isinstance(hop, Hop) else f"nowhere ({hop.reason})")
             for url, hop in hops.items())
-        return ChainRevocation(tuple(statuses), described)
+        now = time.time()
+        cached = tuple(self._cached_until(certs[i], certs[i + 1], facts, now) for i, facts in enumerate(path[:-1]))
+        return ChainRevocation(tuple(statuses), described, cached)
+
+    def _cached_until(self, cert: x509.Certificate, issuer: x509.Certificate, facts: CertFacts,
+                      now: float) -> float | None:
+        """The endpoint's cache: the latest expiry among the good answers it could fetch (the last good
+        OCSP answer per responder, the last good CRL per distribution point), or None. It stays put while
+        fetches fail, and it is in memory only: a restarted exporter models a fresh endpoint."""
+        untils = [self.ocsp_cache.cached_good_until(url, cert, now) for url in facts.ocsp_urls]
+        untils += [self.crl_cache.cached_good_until(cert, issuer, url, now) for url in facts.crl_urls]
+        known = [u for u in untils if u is not None]
+        if not known:
+            return None
+        return min(max(known), facts.not_after)  # an endpoint's cache cannot outlive the certificate
 
     def _judge(self, cert: x509.Certificate, der: bytes, issuer: x509.Certificate | None, issuer_der: bytes,
                check) -> RevocationStatus:
@@ -294,6 +368,13 @@ class Assessor:
 
     def _maps_verdict(self, job: ProbeJob, probe: ProbeResult, revocation: ChainRevocation | None,
                       intercepted: bool | None, proxy: str) -> MapsVerdict:
+        if not probe.success and probe.tls is not None and probe.tls.aia_error \
+                and probe.reason == Reason.TLS_UNTRUSTED:
+            # The server left out an issuer and Windows could not fetch it either.
+            row = VERDICT_TABLE[Finding.AIA_UNREACHABLE]
+            return MapsVerdict(False, reason=str(Finding.AIA_UNREACHABLE), hresult=row.hresult,
+                               cause=str(self._unreachable_cause(None, proxy)),
+                               detail=f"a missing issuer could not be fetched: {probe.tls.aia_error}")
         if not probe.success:
             row = VERDICT_TABLE[str(probe.reason)]
             cause = row.cause
@@ -315,37 +396,53 @@ class Assessor:
         if tls_options.revocation and revocation is not None:
             worst = revocation.worst()
             if worst is not None:
-                finding = _STATUS_FINDING[worst.status]
+                finding = (_OCSP_FINDING if worst.source == "ocsp" else _STATUS_FINDING)[worst.status]
                 row = VERDICT_TABLE[finding]
                 cause = row.cause
-                detail = f"{worst.url}: {worst.detail}"
-                if finding == Finding.CRL_UNREACHABLE:
+                detail = f"{worst.url}: {worst.detail}" if worst.url else worst.detail
+                if finding in (Finding.CRL_UNREACHABLE, Finding.OCSP_UNREACHABLE):
                     cause = self._unreachable_cause(worst, proxy)
                     how = dict(revocation.hops).get(worst.url)
                     if how is not None:
                         detail += f"; the {self.system_route.name} route ({self.system_route.kind}) sends it {how}"
-                return MapsVerdict(False, reason=str(finding), hresult=row.hresult, cause=str(cause), detail=detail)
-        return MapsVerdict(True)
+                return MapsVerdict(False, reason=str(finding), hresult=row.hresult, cause=str(cause), detail=detail,
+                                   revocation=revocation.decided_by())
+        return MapsVerdict(True, revocation=revocation.decided_by() if revocation is not None else "")
 
-    def _unreachable_cause(self, status: RevocationStatus, proxy: str) -> Cause:
+    def _unreachable_cause(self, status: RevocationStatus | None, proxy: str) -> Cause:
         """The article's trap: MAPS reached through a proxy (Defender's static one
         or its PAC's choice) while the system route has no proxy configuration at
         all (no static proxy, PAC or WPAD) -> the system-wide WinHTTP proxy is
         missing. A system route that asks for proxy credentials -> proxy_auth.
-        A CRL server that accepted and then stalled past the budget -> timeout.
         Any other case (same path, a WinHTTP proxy that cannot fetch the CRLs, or
         a PAC or bypass entry that sends them DIRECT into a firewall) -> the CRLs
-        themselves are blocked."""
+        themselves are blocked. A server that accepted and then stalled past the
+        budget -> timeout."""
         configured = self.routes.configured(self.system_route)
-        if configured and (status.reason == Reason.PROXY_AUTH_REQUIRED or status.http_status == 407):
+        if configured and status is not None and (status.reason == Reason.PROXY_AUTH_REQUIRED
+                                                  or status.http_status == 407):
             return Cause.PROXY_AUTH
-        if status.reason == Reason.TIMEOUT:
-            # The CRL server (or the proxy) took the connection and then stalled past the
-            # budget: nothing blocks the CRLs, the path is too slow.
+        if status is not None and status.reason == Reason.TIMEOUT:
+            # The server (or the proxy) took the connection and then stalled past the
+            # budget: nothing blocks the URLs, the path is too slow.
             return Cause.TIMEOUT
         if not configured and proxy not in ("DIRECT", ""):
             return Cause.WINHTTP_PROXY_MISSING
         return Cause.CRL_BLOCKED
+
+
+def _no_decision(failures: list[RevocationStatus]) -> RevocationStatus:
+    """No source decided: Windows reports CRYPT_E_REVOCATION_OFFLINE. The status named is the
+    CRL's when the certificate has a distribution point (the article's case), else the OCSP
+    responder's; the detail lists every source tried."""
+    # An OCSP "unknown" (the responder does not know the certificate) decides nothing either.
+    failures = [dataclasses.replace(f, status="invalid") if f.status == "unknown" else f for f in failures]
+    crl = [f for f in failures if f.source == "crl"]
+    main = (crl or failures)[-1]
+    if len(failures) > 1:
+        detail = "; ".join(f"{f.source} {f.url}: {f.status} ({f.detail})" for f in failures)
+        return dataclasses.replace(main, url="", detail=detail)
+    return main
 
 
 _JUDGEMENTS_KEPT = 4096

@@ -33,6 +33,14 @@ class Finding(enum.StrEnum):
     CRL_UNREACHABLE = "crl_unreachable"
     CRL_INVALID = "crl_invalid"
     CRL_STALE = "crl_stale"
+    # The certificate has no CRL distribution point, and its OCSP responders fail:
+    OCSP_UNREACHABLE = "ocsp_unreachable"
+    OCSP_INVALID = "ocsp_invalid"
+    OCSP_STALE = "ocsp_stale"
+    # A certificate of the chain names no revocation source at all (CRYPT_E_NO_REVOCATION_CHECK).
+    REVOCATION_INFO_MISSING = "revocation_info_missing"
+    # The server left out an issuer and it could not be fetched from caIssuers (system route).
+    AIA_UNREACHABLE = "aia_unreachable"
     TLS_INTERCEPTED = "tls_intercepted"
 
 
@@ -206,6 +214,11 @@ VERDICT_TABLE: dict[str, VerdictRow] = {
         VerdictRow(Finding.CERT_REVOKED, _SECURE_FAILURE, Cause.CERT_REVOKED),
         VerdictRow(Finding.CRL_INVALID, _SECURE_FAILURE, Cause.CRL_INVALID),
         VerdictRow(Finding.CRL_STALE, _SECURE_FAILURE, Cause.CRL_INVALID),
+        VerdictRow(Finding.OCSP_UNREACHABLE, _SECURE_FAILURE, Cause.WINHTTP_PROXY_MISSING),
+        VerdictRow(Finding.OCSP_INVALID, _SECURE_FAILURE, Cause.CRL_INVALID),
+        VerdictRow(Finding.OCSP_STALE, _SECURE_FAILURE, Cause.CRL_INVALID),
+        VerdictRow(Finding.REVOCATION_INFO_MISSING, _SECURE_FAILURE, Cause.CERTIFICATE_INVALID),
+        VerdictRow(Finding.AIA_UNREACHABLE, _SECURE_FAILURE, Cause.WINHTTP_PROXY_MISSING),
         VerdictRow(Finding.TLS_INTERCEPTED, _SECURE_FAILURE, Cause.TLS_INSPECTION),
         VerdictRow(Reason.PAC_UNREACHABLE, "0x80072F87", Cause.PAC_FAILURE),
         VerdictRow(Reason.PAC_ERROR, "0x80072F86", Cause.PAC_FAILURE),
@@ -230,8 +243,10 @@ _SSLOPTIONS = (
 REMEDIES: dict[Cause, str] = {
     Cause.WINHTTP_PROXY_MISSING: " ".join((_WINHTTP_PROXY, _DISCONNECTED, _SSLOPTIONS)),
     Cause.CRL_BLOCKED: (
-        "Allow plain HTTP (port 80) to the certificate revocation URLs (http://www.microsoft.com/pkiops/crl/, "
-        "http://crl.microsoft.com/pki/crl/products, …) on the path that reaches MAPS. " + _DISCONNECTED
+        "Allow plain HTTP (port 80) to the certificate revocation and issuer URLs (CRLs: "
+        "http://www.microsoft.com/pkiops/crl/, http://crl.microsoft.com/pki/crl/products, …; OCSP: "
+        "http://oneocsp.microsoft.com, http://ocsp.digicert.com; issuers: http://www.microsoft.com/pkiops/certs, "
+        "http://caissuers.microsoft.com, …) on the path the operating system uses (WinHTTP). " + _DISCONNECTED
         + " " + _SSLOPTIONS),
     Cause.TLS_INSPECTION: (
         "Exclude the MAPS and sample-submission hosts (including *.blob.core.windows.net) from TLS "
@@ -278,6 +293,9 @@ REMEDIES: dict[Cause, str] = {
 # routes, an untrusted or misnamed chain from pinning (an intercepted chain).
 ALTERNATE_CAUSES: dict[str, tuple[Cause, ...]] = {
     str(Finding.CRL_UNREACHABLE): (Cause.WINHTTP_PROXY_MISSING, Cause.CRL_BLOCKED, Cause.PROXY_AUTH, Cause.TIMEOUT),
+    str(Finding.OCSP_UNREACHABLE): (Cause.WINHTTP_PROXY_MISSING, Cause.CRL_BLOCKED, Cause.PROXY_AUTH, Cause.TIMEOUT),
+    str(Finding.AIA_UNREACHABLE): (Cause.WINHTTP_PROXY_MISSING, Cause.CRL_BLOCKED, Cause.PROXY_AUTH, Cause.TIMEOUT),
+    str(Finding.REVOCATION_INFO_MISSING): (Cause.CERTIFICATE_INVALID, Cause.TLS_INSPECTION),
     str(Reason.TLS_UNTRUSTED): (Cause.CERTIFICATE_INVALID, Cause.TLS_INSPECTION),
     str(Reason.TLS_HOSTNAME_MISMATCH): (Cause.CERTIFICATE_INVALID, Cause.TLS_INSPECTION),
 }

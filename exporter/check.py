@@ -146,6 +146,8 @@ def _print_text(results, out: TextIO) -> None:
         out.write("\nMAPS validation (emulating MpCmdRun -ValidateMapsConnection)\n")
     for job, verdict in verdicts:
         out.write(f"\n  {job.target.url} (route {job.route.name}):\n  {mpcmdrun_line(verdict)}\n")
+        if verdict.revocation:
+            out.write(f"  revocation decided by: {verdict.revocation}\n")
         if not verdict.valid:
             out.write(f"  reason: {verdict.reason}" + (f" ({verdict.detail})" if verdict.detail else "") + "\n")
             out.write(f"  cause:  {verdict.cause}\n")
@@ -217,6 +219,8 @@ def _as_json(results, ok: bool) -> dict:
                 "detail": v.detail or None,
                 "message": mpcmdrun_line(v),
                 "remedy": _remedy(v.cause),
+                "revocation": v.revocation or None,
+                "revocation_valid_until": outcome.revocation_valid_until,
             })
     return {
         "format": JSON_FORMAT_VERSION,

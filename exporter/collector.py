@@ -25,6 +25,7 @@ from .config import ProbeJob
 from .crl import CRLCache
 from .exposition import ExpositionCache, Sample
 from .hostside import host_samples
+from .ocsp import OCSPCache
 from .state import JobStats, Outcome, ResultStore
 
 
@@ -65,15 +66,19 @@ def target_samples(job: ProbeJob, stats: JobStats | None, outcome: Outcome | Non
         yield m.MAPS_CONNECTION_VALID, base + (verdict.source,), verdict.valid
         if not verdict.valid:
             yield m.MAPS_VALIDATION_INFO, base + (verdict.source, verdict.hresult, verdict.cause, verdict.reason), 1
+    if outcome.revocation_valid_until is not None:
+        yield m.MAPS_REVOCATION_VALID_UNTIL, base, outcome.revocation_valid_until
 
 
 class DefenderCollector(Collector):
     """The store's series; owns the exposition cache that /metrics is served from."""
 
     def __init__(self, store: ResultStore, *, crl_cache: CRLCache | None = None,
+                 ocsp_cache: OCSPCache | None = None,
                  route_samples: Callable[[], Iterable[Sample]] | None = None):
         self.store = store
         self.crl_cache = crl_cache
+        self.ocsp_cache = ocsp_cache
         # The PAC fetch and evaluation series of the running configuration's routes.
         self.route_samples = route_samples
         # Hooked to the store now, so each job's lines are written as its results
@@ -97,6 +102,8 @@ class DefenderCollector(Collector):
         yield from host_samples(store.host_snapshot)
         if self.crl_cache is not None:
             yield from self._crl_samples(self.crl_cache)
+        if self.ocsp_cache is not None:
+            yield from self._ocsp_samples(self.ocsp_cache)
         if self.route_samples is not None:
             yield from self.route_samples()
         yield m.BUILD_INFO, (__version__, platform.python_version()), 1
@@ -123,6 +130,23 @@ class DefenderCollector(Collector):
         now = time.time()
         for url in sorted({url for url, _ in crls.checks}):
             yield m.CRL_VALID, (url,), crls.document_valid(url, now)
+
+    @staticmethod
+    def _ocsp_samples(responders: OCSPCache) -> Iterator[Sample]:
+        """OCSP responders seen in probed chains, per URL and route, as last checked: the checks of
+        every certificate the responder serves, folded (all must hold for a 1)."""
+        now = time.time()
+        by_point: dict[tuple[str, str], list] = {}
+        for (url, route, _), check in responders.checks.items():
+            by_point.setdefault((url, route), []).append(check)
+        for (url, route), checks in sorted(by_point.items()):
+            latest = max(checks, key=lambda c: c.checked_at)
+            yield m.OCSP_REACHABLE, (url, route), all(c.reachable for c in checks)
+            yield m.OCSP_FETCH_DURATION, (url, route), latest.duration
+            usable = [c.answer for c in checks if c.answer is not None and c.answer.next_update >= now]
+            yield m.OCSP_RESPONSE_VALID, (url, route), len(usable) == len(checks)
+            if usable:
+                yield m.OCSP_NEXT_UPDATE, (url, route), min(a.next_update for a in usable)
 
     def iter_exposition(self, *, gzip: bool = False) -> Iterator[bytes]:
         """The /metrics body (text format 0.0.4, gzip-compressed if asked: send

@@ -18,6 +18,7 @@ import asyncio
 import email.utils
 import functools
 import logging
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from .config import ConnectTo, Limits, Route
-from .probes.content import load_certificate, load_crl
+from .probes.content import load_crl
 from .probes.fetch import CRYPTNET_REDIRECTS, fetch
 from .reasons import Reason
 
@@ -35,8 +36,6 @@ log = logging.getLogger("exporter.crl")
 RECHECK_SECONDS = 15.0
 
 MAX_CACHED_CRLS = 64
-MAX_CACHED_ISSUERS = 256
-MAX_ISSUER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -75,13 +74,18 @@ class CRLCheck:
 
 @dataclass(frozen=True)
 class RevocationStatus:
-    """Verdict for one certificate against its CRL distribution points."""
+    """Verdict for one certificate by one revocation source (a CRL or an OCSP responder)."""
 
-    status: str  # good | revoked | unreachable | invalid | stale | unknown (no distribution point)
+    # good | revoked | unreachable | invalid | stale | unknown (the source does not know the
+    # certificate) | no_info (the certificate names no revocation source at all)
+    status: str
     url: str = ""
     detail: str = ""
     http_status: int = 0  # for unreachable: the status that made it so (e.g. 407 from the proxy), else 0
-    reason: Reason | None = None  # for unreachable: the fetch's failure reason, if it failed
+    reason: Reason | None = None  # for unreachable: the fetch's reason (timeout, connect_refused, ...)
+    source: str = "crl"  # crl | ocsp: which kind of source decided
+    # good (or revoked): until when this answer may be used (nextUpdate; inf for a final CRL)
+    valid_until: float | None = None
 
 
 class CRLCache:
@@ -91,7 +95,6 @@ class CRLCache:
         self.documents: OrderedDict[str, CRLDocument] = OrderedDict()
         self.checks: dict[tuple[str, str], CRLCheck] = {}
         self.signature_ok: dict[tuple[bytes, bytes], bool] = {}
-        self.issuers: OrderedDict[str, tuple[x509.Certificate | None, float]] = OrderedDict()
         self._in_flight: dict[tuple[str, str], asyncio.Task] = {}
 
     def reconfigure(self, limits: Limits, connect_to: tuple[ConnectTo, ...]) -> None:
@@ -160,29 +163,6 @@ class CRLCache:
             self.documents.popitem(last=False)
         return CRLCheck(url, route.name, True, duration, started, 200, document=document)
 
-    async def fetch_issuer(self, url: str, route: Route, timeout: float) -> x509.Certificate | None:
-        """The issuing CA certificate from an AIA caIssuers URL (DER or PEM), cached.
-
-        A failed fetch is remembered for RECHECK_SECONDS only, then tried again."""
-        known = self.issuers.get(url)
-        if known is not None and (known[0] is not None or time.time() - known[1] < RECHECK_SECONDS):
-            self.issuers.move_to_end(url)
-            return known[0]
-        cert = None
-        fetched = await fetch(url, route, self.connect_to, self.limits, timeout=timeout,
-                              body_cap=MAX_ISSUER_BYTES, redirects=CRYPTNET_REDIRECTS)
-        answer = fetched.answer
-        if fetched.failure is not None:
-            # An unreachable AIA URL just means "unknown issuer".
-            log.debug("AIA fetch of %s failed: %s: %s", url, fetched.failure.reason, fetched.failure.detail)
-        elif answer is not None and answer.status == 200 and not answer.truncated:
-            cert = _load_cert(answer.body)
-        self.issuers[url] = (cert, time.time())
-        self.issuers.move_to_end(url)
-        while len(self.issuers) > MAX_CACHED_ISSUERS:
-            self.issuers.popitem(last=False)
-        return cert
-
     # ------------------------------------------------------------------ judging
 
     def judge(self, cert: x509.Certificate, issuer: x509.Certificate | None, check: CRLCheck,
@@ -203,9 +183,21 @@ class CRLCache:
             return RevocationStatus("invalid", check.url, "CRL signature does not verify against the issuer's key")
         if doc.next_update is not None and doc.next_update < now:
             return RevocationStatus("stale", check.url, f"nextUpdate {_iso(doc.next_update)} has passed")
+        until = doc.next_update if doc.next_update is not None else math.inf  # no nextUpdate: the last CRL
         if doc.crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
-            return RevocationStatus("revoked", check.url, f"serial {cert.serial_number:X} is on the CRL")
-        return RevocationStatus("good", check.url)
+            return RevocationStatus("revoked", check.url, f"serial {cert.serial_number:X} is on the CRL",
+                                    valid_until=until)
+        return RevocationStatus("good", check.url, valid_until=until)
+
+    def cached_good_until(self, cert: x509.Certificate, issuer: x509.Certificate | None, url: str,
+                          now: float) -> float | None:
+        """Until when the last good CRL from `url` (the endpoint's cached copy) says `cert` is good,
+        whether or not the URL answers now; None if there is no such copy."""
+        doc = self.documents.get(url)
+        if doc is None:
+            return None
+        status = self.judge(cert, issuer, CRLCheck(url, "", True, 0.0, now, 200, document=doc), now=now)
+        return status.valid_until if status.status == "good" else None
 
     def _signature_ok(self, doc: CRLDocument, issuer: x509.Certificate) -> bool:
         # Keyed by the CRL's digest, so a signature is checked once per CRL body and issuer.
@@ -256,13 +248,6 @@ def _http_date(value: str | None) -> str | None:
     except (TypeError, ValueError):
         return None
     return value
-
-
-def _load_cert(body: bytes) -> x509.Certificate | None:
-    try:
-        return load_certificate(body)
-    except ValueError:
-        return None
 
 
 def _iso(ts: float) -> str:

@@ -124,6 +124,12 @@ MAPS_VALIDATION_INFO = _spec(
     "defender_maps_validation_info", "gauge",
     "1 while MAPS validation fails, with the hresult MpCmdRun would print, the cause and the reason."
     + CACHED, TARGET_LABELS + ("source", "hresult", "cause", "reason"))
+MAPS_REVOCATION_VALID_UNTIL = _spec(
+    "defender_maps_revocation_valid_until_timestamp_seconds", "gauge",
+    "Until when an endpoint that fetched the chain's revocation data (OCSP answers, CRLs) while it "
+    "still could keeps passing MAPS validation: the earliest expiry of the cached data the chain needs. "
+    "Stays put while fetches fail; absent until good data was fetched (and after an exporter restart)."
+    + CACHED, TARGET_LABELS)
 
 # --- CRLs ---------------------------------------------------------------------
 CRL_REACHABLE = _spec(
@@ -156,6 +162,22 @@ PAC_EVALUATIONS = _spec(
     "defender_pac_evaluations_total", "counter",
     "FindProxyForURL evaluations in the sandbox, by result (ok, error: threw, nothing usable, past 1 s); "
     "one per target URL and script version, not per probe.", ("route", "result"), always_shown=False)
+
+# --- OCSP ---------------------------------------------------------------------
+OCSP_REACHABLE = _spec(
+    "defender_ocsp_reachable", "gauge",
+    "1 if the OCSP responder answered on the route at the last check (of any certificate it serves)." + CACHED,
+    ("url", "route"))
+OCSP_FETCH_DURATION = _spec(
+    "defender_ocsp_fetch_duration_seconds", "gauge",
+    "Wall time of the last request to the OCSP responder." + CACHED, ("url", "route"))
+OCSP_RESPONSE_VALID = _spec(
+    "defender_ocsp_response_valid", "gauge",
+    "1 if the responder's last answers parse, are for the certificates asked about, are signed by their "
+    "issuer or its delegated responder and are fresh." + CACHED, ("url", "route"))
+OCSP_NEXT_UPDATE = _spec(
+    "defender_ocsp_next_update_timestamp_seconds", "gauge",
+    "The earliest nextUpdate of the responder's last good answers." + CACHED, ("url", "route"))
 
 # --- host side (optional collectors) -----------------------------------------
 HOST_WINHTTP_PROXY_CONFIGURED = _spec(

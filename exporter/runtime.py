@@ -47,6 +47,7 @@ class Exporter:
         # Info lines on what changed, a summary after the first round (exporter/statelog.py).
         self.state_log = StateLog(self.store, redact=Redactor(config))
         self.collector = DefenderCollector(self.store, crl_cache=self.assessor.crl_cache,
+                                           ocsp_cache=self.assessor.ocsp_cache,
                                            route_samples=lambda: self.assessor.routes.samples())
         self._task: asyncio.Task | None = None
         self._host_task: asyncio.Task | None = None
@@ -122,8 +123,8 @@ class Exporter:
                 return False, str(exc)
             self.config = config
             self.env = env
-            self.assessor = Assessor(config, crl_cache=self.assessor.crl_cache, trust=env.trust,
-                                     pac_sandbox=self.assessor.routes.sandbox)
+            self.assessor = Assessor(config, crl_cache=self.assessor.crl_cache, ocsp_cache=self.assessor.ocsp_cache,
+                                     trust=env.trust, pac_sandbox=self.assessor.routes.sandbox)
             self.state_log.redact = Redactor(config)
             self.scheduler.set_jobs(config.jobs(), env=env, concurrency=config.concurrency)
             self.store.mark_reload(True)

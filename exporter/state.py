@@ -28,6 +28,8 @@ class MapsVerdict:
     hresult: str = ""
     cause: str = ""
     detail: str = ""
+    # Which revocation source decided each certificate ("CN=...: ocsp http://..., CN=...: crl http://...").
+    revocation: str = ""
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,9 @@ class Outcome:
     crl_urls: tuple[str, ...] = ()
     # The proxy that carried the probe (DIRECT, or host:port); "" when none was chosen.
     proxy: str = ""
+    # The endpoint cache model: until when an endpoint that fetched the chain's revocation data
+    # when it still could keeps passing (None: unknown, e.g. nothing good fetched yet).
+    revocation_valid_until: float | None = None
 
 
 class Histogram:

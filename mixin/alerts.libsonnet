@@ -71,6 +71,20 @@
             ],
           ),
           alert(
+            'DefenderMAPSRevocationCachedOnly',
+            '(defender_maps_revocation_valid_until_timestamp_seconds - time()) > 0\nand on (%s)\n' % by(['group', 'target', 'route'])
+            + 'defender_maps_validation_info{source="emulated", reason=~"(crl|ocsp)_(unreachable|invalid|stale)"} == 1\n',
+            c.revocationCachedFor,
+            'warning',
+            'Revocation data for MAPS cannot be refreshed; endpoints pass on cached data until it expires.',
+            [
+              '{{ $labels.target }} on the {{ $labels.route }} route at ' + at + ':',
+              'the OCSP answers and CRLs the MAPS chain needs cannot be fetched on the system route any more.',
+              'Newly installed endpoints fail MAPS validation now; endpoints that fetched them earlier keep passing',
+              'for {{ $value | humanizeDuration }} more, then fail too. Restore the system route to the revocation URLs before then.',
+            ],
+          ),
+          alert(
             'DefenderTLSInspectionDetected',
             'defender_tls_intercepted{group=~"maps|submission"} == 1\n',
             c.mapsFor,

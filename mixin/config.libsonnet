@@ -25,6 +25,7 @@
     latencyP95Seconds: 2,  // DefenderProbeLatencyHigh
     probeStalenessSeconds: 900,  // DefenderExporterProbesStale: 15 x the default 60 s probe interval
     sslOptionsDefault: 3,  // DefenderHostSSLOptionsWeakened: Windows' default SSLOptions value
+    revocationCachedFor: '10m',  // DefenderMAPSRevocationCachedOnly: endpoints pass only on cached revocation data
 
     // Range of the recording rules' rate() over the latency histogram (>= 4 x the scrape interval).
     latencyRateWindow: '5m',

@@ -60,7 +60,8 @@ INSPECTION = "tls-inspection"
 REVOKED = "cert-revoked"
 PORT80 = "port80-blocked"
 PROXY_AUTH = "proxy-auth"
-SCENARIOS = (HEALTHY, WINHTTP, INSPECTION, REVOKED, PORT80, PROXY_AUTH)
+CACHED = "revocation-cached"
+SCENARIOS = (HEALTHY, WINHTTP, INSPECTION, REVOKED, PORT80, PROXY_AUTH, CACHED)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ class Site:
     exporter: ExporterThread
     expect: Expect
     squid: Squid | None = None
+    # Run once every site has finished its first probe round (before Prometheus starts).
+    after_first_round: Callable[[], None] | None = None
 
     @property
     def address(self) -> str:
@@ -119,6 +122,10 @@ class LabNetwork:
 
     def crl_points(self, *, revoked_serials: tuple[int, ...] = ()) -> list[str]:
         """CRL/AIA servers on port 80, one per host of the PKI's CDP/AIA URLs; connect_to rules."""
+        return [rule for rule, _ in self.crl_servers(revoked_serials=revoked_serials)]
+
+    def crl_servers(self, *, revoked_serials: tuple[int, ...] = ()) -> list[tuple[str, Any]]:
+        """crl_points, with each rule's server (to stop it later)."""
         by_host: dict[str, dict[str, bytes]] = {}
         files = dict(self.pki.published_files(revoked_serials=revoked_serials))
         # The catalogue's crl group probes real file names of Microsoft's roots and checks what
@@ -129,11 +136,11 @@ class LabNetwork:
         for url, data in files.items():
             parts = urlsplit(url)
             by_host.setdefault(parts.hostname, {})[parts.path] = data
-        rules = []
+        points = []
         for host, files in sorted(by_host.items()):
             server = self.servers.serve(Files(files), port=80)
-            rules.append(server.connect_to(host, 80))
-        return rules
+            points.append((server.connect_to(host, 80), server))
+        return points
 
     def crl_blocked(self) -> list[str]:
         """connect_to rules sending the CRL hosts to an address that refuses connections."""
@@ -308,9 +315,40 @@ def _proxy_auth(net: LabNetwork) -> Site:
     return Site(PROXY_AUTH, path, exporter, expect, squid=squid)
 
 
+def _cached(net: LabNetwork) -> Site:
+    """The endpoint cache: MAPS and its CRLs answer for the first probe round, then the CRL hosts
+    go dark. A fresh endpoint fails at once (the verdict); endpoints that fetched the CRLs keep
+    passing until nextUpdate, a week away: the warning with the time left fires."""
+    leaf = net.pki.issue_leaf("wdcp.microsoft.com")
+    tls = net.servers.serve(Ok(), port=443, tls=leaf)
+    points = net.crl_servers()
+    path, exporter = net.exporter(CACHED, {"maps": net.pinned(MAPS_URL)},
+                                  connect_to=[tls.connect_to("wdcp.microsoft.com", 443), *(r for r, _ in points)],
+                                  ca_file=net.pki.ca_bundle_path)
+    maps = {"group": "maps", "target": MAPS_URL, "route": "defender"}
+    expect = Expect(
+        fires={
+            "DefenderMAPSConnectionFailed": Fires(
+                {**maps, "severity": "critical", "source": "emulated"},
+                ("hr=0x80072F8F", "cause crl_blocked", "reason crl_unreachable")),
+            "DefenderMAPSRevocationCachedOnly": Fires(
+                {**maps, "severity": "warning"}, ("Newly installed endpoints fail", "6d ")),
+            "DefenderCRLUnreachable": Fires({"route": "system", "severity": "warning"}),
+        },
+        notably_silent=("DefenderMAPSRevocationCheckBlocked", "DefenderTLSInspectionDetected",
+                        "DefenderCRLStale", "DefenderExporterProbesStale"),
+    )
+
+    def go_dark() -> None:
+        for _, server in points:
+            server.stop()
+
+    return Site(CACHED, path, exporter, expect, after_first_round=go_dark)
+
+
 BUILDERS: dict[str, Callable[[LabNetwork], Site]] = {
     HEALTHY: _healthy, WINHTTP: _winhttp, INSPECTION: _inspection, REVOKED: _revoked, PORT80: _port80,
-    PROXY_AUTH: _proxy_auth,
+    PROXY_AUTH: _proxy_auth, CACHED: _cached,
 }
 
 
@@ -321,4 +359,7 @@ def network(workdir: Path, pki: LabPKI, names: tuple[str, ...] = SCENARIOS) -> I
         for name in names:
             net.start(name)
         net.wait_ready()
+        for site in net.sites.values():
+            if site.after_first_round is not None:
+                site.after_first_round()
         yield net

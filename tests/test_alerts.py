@@ -184,6 +184,7 @@ def test_required_alerts_present():
     required = {
         "DefenderMAPSConnectionFailed": "critical",
         "DefenderMAPSRevocationCheckBlocked": "critical",
+        "DefenderMAPSRevocationCachedOnly": "warning",
         "DefenderTLSInspectionDetected": "critical",
         "DefenderCRLUnreachable": "warning",
         "DefenderCRLStale": "warning",

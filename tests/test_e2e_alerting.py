@@ -1,6 +1,6 @@
 """End to end: exporter on the lab -> real Prometheus (shipped rules) -> real Alertmanager -> webhook.
 
-Six sites run side by side (tests/e2e_scenarios.py): each is a scenario with its own lab servers,
+Seven sites run side by side (tests/e2e_scenarios.py): each is a scenario with its own lab servers,
 Squid where needed, and its own exporter probing every 2 s. One Prometheus scrapes them all every
 second with `site` = the scenario, evaluating the shipped rule files (copied with every `for:`
 set to 0s; expressions, labels and annotations as shipped); one Alertmanager sends every alert,
@@ -219,6 +219,7 @@ PANELS: dict[tuple[str, str], list[Panel]] = {
     (OVERVIEW, "CRL reachability per route"): [Panel(sc.WINHTTP, _some(0))],
     # The article's failure: the system route cannot fetch the CRLs, so the crl group shows 0 there.
     (OVERVIEW, "The certificate engine's downloads (system route)"): [Panel(sc.WINHTTP, _some(0))],
+    (OVERVIEW, "Revocation cache: time left"): [Panel(sc.CACHED, _positive, group="maps")],
     (OVERVIEW, "Firing alerts"): [Panel(sc.WINHTTP, _label("alertname", "DefenderMAPSRevocationCheckBlocked"))],
     (DETAIL, "Probe success"): [Panel(sc.HEALTHY, _all(1), **HEALTHY_MAPS)],
     (DETAIL, "Failure reason"): [Panel(sc.PORT80, _label("reason", "connect_refused"), group="adl",

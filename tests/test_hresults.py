@@ -10,6 +10,7 @@ documented causes when nothing else is known.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import pytest
@@ -56,11 +57,16 @@ def assessor_and_job(tmp_path_factory):
     return Assessor(config), job
 
 
+# finding -> (status, source) of the revocation check that produces it
 _REVOCATION_FINDING = {
-    Finding.CRL_UNREACHABLE: "unreachable",
-    Finding.CERT_REVOKED: "revoked",
-    Finding.CRL_INVALID: "invalid",
-    Finding.CRL_STALE: "stale",
+    Finding.CRL_UNREACHABLE: ("unreachable", "crl"),
+    Finding.CERT_REVOKED: ("revoked", "crl"),
+    Finding.CRL_INVALID: ("invalid", "crl"),
+    Finding.CRL_STALE: ("stale", "crl"),
+    Finding.OCSP_UNREACHABLE: ("unreachable", "ocsp"),
+    Finding.OCSP_INVALID: ("invalid", "ocsp"),
+    Finding.OCSP_STALE: ("stale", "ocsp"),
+    Finding.REVOCATION_INFO_MISSING: ("no_info", "none"),
 }
 
 
@@ -70,16 +76,21 @@ def _situations():
         yield reason, False, 0
         if reason in (Reason.TLS_UNTRUSTED, Reason.TLS_HOSTNAME_MISMATCH):
             yield reason, True, 0
-        if reason == Finding.CRL_UNREACHABLE:
+        if reason in (Finding.CRL_UNREACHABLE, Finding.OCSP_UNREACHABLE):
             yield reason, False, 407
 
 
 def _emulate(assessor, job, reason, intercepted, http_status):
     if reason in _REVOCATION_FINDING:
-        status = RevocationStatus(_REVOCATION_FINDING[reason], "http://crl.lab/x.crl", "lab", http_status)
-        return assessor.maps_verdict(job, _probe(None), ChainRevocation((("CN=leaf", status),)), False)
+        status, source = _REVOCATION_FINDING[reason]
+        status = RevocationStatus(status, "http://crl.lab/x.crl", "lab", http_status, source=source)
+        return assessor.maps_verdict(job, _probe(None), ChainRevocation((("CN=leaf", status),)), intercepted)
     if reason == Finding.TLS_INTERCEPTED:
         return assessor.maps_verdict(job, _probe(None), None, True)
+    if reason == Finding.AIA_UNREACHABLE:
+        probe = _probe(Reason.TLS_UNTRUSTED)
+        probe = dataclasses.replace(probe, tls=dataclasses.replace(probe.tls, aia_error="http://x: connect_refused"))
+        return assessor.maps_verdict(job, probe, None, None)
     return assessor.maps_verdict(job, _probe(Reason(reason)), None, intercepted)
 
 

@@ -129,7 +129,8 @@ def _parse_facts(der: bytes) -> CertFacts | None:
         not_before=not_before,
         not_after=not_after,
         crl_urls=_crl_urls(cert),
-        ca_issuers_urls=_ca_issuers_urls(cert),
+        ca_issuers_urls=ca_issuers_urls(cert),
+        ocsp_urls=ocsp_urls(cert),
         is_ca=_is_ca(cert),
         self_signed=cert.subject == cert.issuer,
     )
@@ -152,13 +153,22 @@ def _crl_urls(cert: x509.Certificate) -> tuple[str, ...]:
     return tuple(urls)
 
 
-def _ca_issuers_urls(cert: x509.Certificate) -> tuple[str, ...]:
+def ca_issuers_urls(cert: x509.Certificate) -> tuple[str, ...]:
+    """The caIssuers URLs of a certificate's AIA extension (where its issuer can be fetched)."""
+    return _access_urls(cert, x509.oid.AuthorityInformationAccessOID.CA_ISSUERS)
+
+
+def ocsp_urls(cert: x509.Certificate) -> tuple[str, ...]:
+    """The OCSP responder URLs of a certificate's AIA extension."""
+    return _access_urls(cert, x509.oid.AuthorityInformationAccessOID.OCSP)
+
+
+def _access_urls(cert: x509.Certificate, method: x509.ObjectIdentifier) -> tuple[str, ...]:
     access = _extension(cert, ExtensionOID.AUTHORITY_INFORMATION_ACCESS) or []
     return tuple(
         d.access_location.value
         for d in access
-        if d.access_method == x509.oid.AuthorityInformationAccessOID.CA_ISSUERS
-        and isinstance(d.access_location, x509.UniformResourceIdentifier)
+        if d.access_method == method and isinstance(d.access_location, x509.UniformResourceIdentifier)
     )
 
 
@@ -339,7 +349,8 @@ class TrustStore:
             return None, str(exc)
 
 
-def tls_facts(ssl_object: ssl.SSLObject, presented: list[bytes], verdict: ChainVerdict) -> TLSFacts:
+def tls_facts(ssl_object: ssl.SSLObject, presented: list[bytes], verdict: ChainVerdict, completion=None) -> TLSFacts:
+    """`completion`: what AIA chasing added (exporter.aia.ChainCompletion), if it ran."""
     cipher = ssl_object.cipher()
     return TLSFacts(
         version=ssl_object.version() or "",
@@ -347,6 +358,8 @@ def tls_facts(ssl_object: ssl.SSLObject, presented: list[bytes], verdict: ChainV
         presented=tuple(f for f in (cert_facts(d) for d in presented) if f is not None),
         verified_path=verdict.verified_path,
         verify_error=verdict.error,
+        aia_fetched=completion.fetched_from if completion is not None else (),
+        aia_error=completion.error if completion is not None else "",
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import Config, ConnectTo, Limits
 from ._tls import TrustStore, client_context
@@ -15,12 +16,18 @@ class ProbeEnv:
     limits: Limits
     trust: TrustStore
     ssl_context: ssl.SSLContext
+    # Fetches a chain's missing issuers from caIssuers URLs on the system route (exporter.aia.IssuerCache);
+    # None: no AIA chasing.
+    aia: Any = None
 
     @classmethod
     def from_config(cls, config: Config, *, trust: TrustStore | None = None) -> "ProbeEnv":
+        from ..aia import IssuerCache  # the probes package does not otherwise depend on it
+
         return cls(
             connect_to=config.connect_to,
             limits=config.limits,
             trust=trust or TrustStore(ca_file=config.tls.ca_file),
             ssl_context=client_context(),
+            aia=IssuerCache(config.limits, config.connect_to, config.routes["system"]),
         )

@@ -26,6 +26,7 @@ import base64
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from .. import __version__
@@ -46,6 +47,8 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # changes either is not documented: we follow WinHTTP's defaults, within the
 # fetch's one timeout.
 CRYPTNET_REDIRECTS = 10
+# The most AIA chain building may take inside a fetch (whose own timeout comes first).
+AIA_TIMEOUT = 15.0
 # The most of a proxy's refusal of CONNECT that is read: enough for its error page's signature.
 _CONNECT_ANSWER_BYTES = proxy_answer.SNIFF_BYTES
 
@@ -57,6 +60,9 @@ class TLSPolicy:
 
     context: ssl.SSLContext
     trust: TrustStore
+    # Fetches a presented chain's missing issuers (exporter.aia.IssuerCache, on the system route),
+    # as Windows' chain engine does; None: no AIA chain building.
+    aia: Any = None
 
 
 @dataclass(frozen=True)
@@ -164,7 +170,16 @@ async def _once(progress: _Progress, route: Route, connect_to: tuple[ConnectTo, 
             # the phases then add up to the probe's duration.
             presented = presented_chain(ssl_object)
             verdict = tls.trust.verify(presented, host)
-            progress.tls = tls_facts(ssl_object, presented, verdict)
+            completion = None
+            if verdict.reason is Reason.TLS_UNTRUSTED and tls.aia is not None:
+                # The fetch's own timeout still bounds this (it is inside it).
+                completion = await tls.aia.complete(
+                    presented, lambda chain: tls.trust.verify(chain, host).reason is None, AIA_TIMEOUT)
+                if completion.added:
+                    verdict = tls.trust.verify(presented + list(completion.added), host)
+                state.log(f"AIA: {len(completion.added)} issuer(s) from {', '.join(completion.fetched_from) or '-'}"
+                          + "".join(f"; {t}" for t in (completion.error, completion.note) if t))
+            progress.tls = tls_facts(ssl_object, presented, verdict, completion)
             if verdict.reason is not None:
                 # Windows would stop here; we stop too, with the chain on record.
                 raise ProbeFailure(verdict.reason, verdict.error)

@@ -30,7 +30,7 @@ async def probe(job: ProbeJob, env: ProbeEnv, *, trace: Trace | None = None) -> 
         # A CRL or CTL is checked whole: room for it (limits.crl_bytes). Otherwise the
         # transfer is measured up to limits.body_bytes, also of a body announced longer.
         body_cap=env.limits.crl_bytes if expect.content in ("crl", "ctl") else env.limits.body_bytes,
-        read_oversized=expect.content is None, tls=TLSPolicy(env.ssl_context, env.trust),
+        read_oversized=expect.content is None, tls=TLSPolicy(env.ssl_context, env.trust, env.aia),
         # What the OS fetches (CRLs, CA certificates, CTLs) follows redirects as CryptNet does.
         redirects=CRYPTNET_REDIRECTS if expect.content is not None else 0,
     )

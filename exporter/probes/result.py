@@ -24,6 +24,7 @@ class CertFacts:
     not_after: float
     crl_urls: tuple[str, ...] = ()
     ca_issuers_urls: tuple[str, ...] = ()
+    ocsp_urls: tuple[str, ...] = ()  # AIA id-ad-ocsp responders
     is_ca: bool = False
     self_signed: bool = False
 
@@ -37,6 +38,9 @@ class TLSFacts:
     # The path the verifier built, leaf to trust anchor; empty when it failed.
     verified_path: tuple[CertFacts, ...]
     verify_error: str = ""
+    # AIA chain building (on the system route) when the presented chain lacked an issuer:
+    aia_fetched: tuple[str, ...] = ()  # caIssuers URLs that supplied one
+    aia_error: str = ""  # why an issuer is still missing
 
     @property
     def verified(self) -> bool:

@@ -132,6 +132,17 @@ local lib = import 'lib.libsonnet';
         'avg by (%s, instance, group) (defender_probe_success{%s, group=~"crl|ctl|revocation", route="system"})' % [site, sel],
         '{{%s}} {{instance}} {{group}}' % site, mappings=null, thresholds=lib.ratioSteps, unit='percentunit',
       )),
+      lib.at(24, 7, lib.infoTable(
+        'Revocation cache: time left',
+        'Until when endpoints that fetched the MAPS chain\'s OCSP answers and CRLs while they still could '
+        + 'keep passing MAPS validation (defender_maps_revocation_valid_until_timestamp_seconds). It stays put '
+        + 'while fetches fail: when it reaches 0, every endpoint fails. Freshly installed endpoints fail as '
+        + 'soon as MAPS validation does.',
+        'min by (%s, instance, group, target, route) (defender_maps_revocation_valid_until_timestamp_seconds{%s}) - time()'
+        % [site, selG],
+        unit='s', valueName='endpoints pass for', sortBy='endpoints pass for',
+        thresholds=lib.thresholds([[null, 'red'], [0, 'orange'], [86400, 'green']]),
+      )),
       lib.row('Alerts'),
       lib.at(24, 8, lib.infoTable(
         'Firing alerts', 'Defender alerts firing now (ALERTS).',

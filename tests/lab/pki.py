@@ -135,6 +135,7 @@ class LabPKI:
     key_type: KeyType
     root: CA
     issuing: CA
+    ocsp_url: str | None = None  # the responder named in AIA (issuing CA and leaves), if any
     _serial: int = 1000
     _inspection: CA | None = field(default=None, repr=False)
     _leaf_count: int = field(default=0, repr=False)
@@ -142,7 +143,9 @@ class LabPKI:
     # ---------------------------------------------------------------- construction
 
     @classmethod
-    def create(cls, directory: str | Path, *, name: str = "Lab", key_type: KeyType = "rsa") -> LabPKI:
+    def create(cls, directory: str | Path, *, name: str = "Lab", key_type: KeyType = "rsa",
+               ocsp_url: str | None = None) -> LabPKI:
+        """`ocsp_url`: an OCSP responder in the issuing CA's AIA (and, by default, in its leaves')."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tag = _compact(name)
@@ -198,13 +201,13 @@ class LabPKI:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(issuing_key.public_key()), critical=False)
             .add_extension(_aki(root_cert), critical=False)
             .add_extension(_cdp(root_crl_url), critical=False)
-            .add_extension(_aia(root_cert_url), critical=False)
+            .add_extension(_aia(root_cert_url, ocsp_url), critical=False)
             .sign(root_key, hashes.SHA256())
         )
         issuing = _write_ca(
             directory, f"{tag}-issuing", "issuing", issuing_cert, issuing_key, root, issuing_crl_url, issuing_cert_url
         )
-        return cls(name=name, directory=directory, key_type=key_type, root=root, issuing=issuing)
+        return cls(name=name, directory=directory, key_type=key_type, root=root, issuing=issuing, ocsp_url=ocsp_url)
 
     # ---------------------------------------------------------------- paths and URLs
 
@@ -297,6 +300,7 @@ class LabPKI:
         with_aki: bool = True,
         cdp_url: str | None | _Default = DEFAULT,
         aia_url: str | None | _Default = DEFAULT,
+        ocsp_url: str | None | _Default = DEFAULT,
         issuer: CA | Literal["issuing", "root", "inspection"] | None = None,
         key_type: KeyType | None = None,
         serial: int | None = None,
@@ -320,6 +324,7 @@ class LabPKI:
         # A CA that publishes nothing (the inspection root) gives leaves no CDP/AIA by default.
         cdp = (ca.crl_url or None) if cdp_url is DEFAULT else cdp_url
         aia = (ca.cert_url or None) if aia_url is DEFAULT else aia_url
+        responder = (self.ocsp_url if ca.cert_url else None) if ocsp_url is DEFAULT else ocsp_url
 
         builder = (
             x509.CertificateBuilder()
@@ -358,8 +363,8 @@ class LabPKI:
             builder = builder.add_extension(_aki(ca.cert), critical=False)
         if cdp is not None:
             builder = builder.add_extension(_cdp(cdp), critical=False)
-        if aia is not None:
-            builder = builder.add_extension(_aia(aia), critical=False)
+        if aia is not None or responder is not None:
+            builder = builder.add_extension(_aia(aia, responder), critical=False)
         cert = builder.sign(ca.key, hashes.SHA256())
 
         self._leaf_count += 1
@@ -502,10 +507,13 @@ def _cdp(url: str) -> x509.CRLDistributionPoints:
     )
 
 
-def _aia(url: str) -> x509.AuthorityInformationAccess:
-    return x509.AuthorityInformationAccess(
-        [x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(url))]
-    )
+def _aia(url: str | None, ocsp_url: str | None = None) -> x509.AuthorityInformationAccess:
+    access = []
+    if ocsp_url is not None:
+        access.append(x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url)))
+    if url is not None:
+        access.append(x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(url)))
+    return x509.AuthorityInformationAccess(access)
 
 
 def _write_ca(

@@ -71,6 +71,14 @@ class Files:
 
 
 @dataclass(frozen=True)
+class Handler:
+    """Answer with `respond(method, target, body) -> (status, body, content type)`, called on the
+    servers' thread (the lab OCSP responder is one). Request bodies up to 1 MiB are passed on."""
+
+    respond: Any
+
+
+@dataclass(frozen=True)
 class ResetOnAccept:
     """Accept, then close with SO_LINGER 0 so the client sees a TCP RST."""
 
@@ -143,6 +151,7 @@ Behaviour: TypeAlias = (
     Ok
     | Delay
     | Files
+    | Handler
     | ResetOnAccept
     | ResetMidHandshake
     | NeverAnswer
@@ -168,6 +177,7 @@ class RecordedRequest:
     target: str  # as sent: "/path" (origin form) or "http://host/path" (absolute form)
     version: str
     headers: tuple[tuple[str, str], ...]
+    body: bytes = b""
 
     @property
     def line(self) -> str:
@@ -443,6 +453,9 @@ class LabServer:
             await _respond(writer, request, b.status, b.body)
         elif isinstance(b, Files):
             await self._serve_file(writer, request, b)
+        elif isinstance(b, Handler):
+            status, body, ctype = b.respond(request.method, request.target, request.body)
+            await _respond(writer, request, status, body, content_type=ctype)
         elif isinstance(b, Garbage):
             writer.write(_garbage(b.size))
             await writer.drain()
@@ -567,7 +580,8 @@ async def _read_request(reader: asyncio.StreamReader) -> RecordedRequest:
     request = RecordedRequest(method=method, target=target, version=version, headers=tuple(headers))
     length = request.header("content-length")
     if length and length.isdigit() and int(length) > 0:
-        await reader.readexactly(min(int(length), 1 << 20))
+        body = await reader.readexactly(min(int(length), 1 << 20))
+        request = RecordedRequest(method=method, target=target, version=version, headers=tuple(headers), body=body)
     return request
 
 
