@@ -10,6 +10,9 @@ the `groups:` key of a user's file, so the two can never disagree on shape.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import difflib
 import hashlib
 import ipaddress
 import re
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import yaml
 from cryptography import x509
@@ -40,11 +43,43 @@ class ConfigError(Exception):
     """A configuration problem: where it is and what was expected."""
 
     def __init__(self, source: str, key_path: str, message: str):
+        # The last line of defence: whatever built the message, a URL's password never leaves.
         self.source = source
-        self.key_path = key_path
-        self.message = message
-        where = f"{source}: {key_path}: " if key_path else f"{source}: "
-        super().__init__(where + message)
+        self.key_path = redact_urls(key_path)
+        self.message = redact_urls(message)
+        where = f"{source}: {self.key_path}: " if key_path else f"{source}: "
+        super().__init__(where + self.message)
+
+
+# --------------------------------------------------------------------------- secrets
+
+REDACTED = "<redacted>"
+# scheme://user:password@ as urlsplit reads it: the password runs to the last @ of the authority.
+_USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#@\[\]\s'\"]*(?:@[^/?#@\[\]\s'\"]*)*)@")
+# Shorter secrets would mangle ordinary words; the URL-shaped redaction still covers them.
+_MIN_SECRET = 3
+
+
+def redact_urls(text: str) -> str:
+    """Every URL's password (or user-only token) replaced: `http://u:<redacted>@host`."""
+
+    def replace(match: re.Match) -> str:
+        user, colon, _ = match["userinfo"].partition(":")
+        return f"{match['scheme']}{user}:{REDACTED}@" if colon else f"{match['scheme']}{REDACTED}@"
+
+    return _USERINFO_RE.sub(replace, text)
+
+
+def secrets_in(text: str) -> frozenset[str]:
+    """The credentials written in a config file's URLs, in every form a message could show them."""
+    found: set[str] = set()
+    for match in _USERINFO_RE.finditer(text):
+        user, colon, password = match["userinfo"].partition(":")
+        if not colon:
+            user, password = "", user
+        for pw in {password, unquote(password)}:
+            found.update({pw, quote(pw, safe=""), base64.b64encode(f"{unquote(user)}:{pw}".encode()).decode()})
+    return frozenset(s for s in found if len(s) >= _MIN_SECRET)
 
 
 # --------------------------------------------------------------------------- types
@@ -254,7 +289,7 @@ class Config:
 def load_config(path: str | Path | None) -> Config:
     """Validate the file at `path` (None: the built-in catalogue with defaults)."""
     if path is None:
-        return _build({}, "<built-in>")
+        return _build({}, _Checker("<built-in>"))
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -266,16 +301,60 @@ def load_config(path: str | Path | None) -> Config:
 
 
 def parse_config(text: str, source: str = "<string>") -> Config:
+    check = _Checker(source, secrets=secrets_in(text))
+    data = load_yaml(text, check)
+    if data is None:
+        # A half-written file (an editor's or a config-management tool's moment)
+        # must not quietly become the built-in catalogue without the site's proxies.
+        raise check.fail("", "the file is empty; to run the built-in catalogue, start without --config.file")
+    return _build(data, check)
+
+
+def load_yaml(text: str, check: "_Checker") -> Any:
+    """YAML as PyYAML's safe loader reads it, but a key given twice is an error
+    (PyYAML keeps the last one silently: a second `defender:` route would
+    replace the first)."""
+    loader = yaml.SafeLoader(text)
     try:
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node, "", check)
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(source, "", f"invalid YAML: {where}{problem}") from None
-    if data is None:
-        data = {}
-    return _build(data, source)
+        raise check.fail("", f"invalid YAML: {where}{problem}") from None
+    finally:
+        loader.dispose()
+
+
+def _refuse_duplicate_keys(root: yaml.Node, root_path: str, check: "_Checker") -> None:
+    pending: list[tuple[yaml.Node, str]] = [(root, root_path)]
+    visited: set[int] = set()  # anchors share nodes; aliases may even loop
+    while pending:
+        node, path = pending.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            pending.extend(reversed([(item, f"{path}[{i}]") for i, item in enumerate(node.value)]))
+        elif isinstance(node, yaml.MappingNode):
+            seen: dict[tuple[str, str], int] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges may be overridden
+                    continue
+                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "(key)"
+                key_path = f"{path}.{name}" if path else name
+                line = key_node.start_mark.line + 1
+                key = (key_node.tag, name)
+                if isinstance(key_node, yaml.ScalarNode) and key in seen:
+                    raise check.fail(key_path, f"given twice, at lines {seen[key]} and {line} "
+                                               "(YAML would keep only the last)")
+                seen[key] = line
+            pending.extend(reversed([(value, f"{path}.{key.value}" if path else key.value)
+                                     for key, value in node.value if isinstance(key, yaml.ScalarNode)]))
 
 
 def bundled_root_pems() -> list[bytes]:
@@ -312,13 +391,25 @@ _DURATION_UNITS = (365 * 86400, 7 * 86400, 86400, 3600, 60, 1, 0.001)
 
 
 class _Checker:
-    """Typed accessors that raise ConfigError with the key path."""
+    """Typed accessors that raise ConfigError with the key path.
 
-    def __init__(self, source: str):
+    Every message is built here, so this is where credentials are taken out:
+    each password written in the file (as written, URL-decoded, and as a Basic
+    token) is redacted wherever a mistake's shape puts it, in the key path as
+    much as in an echoed value; ConfigError then redacts any URL's userinfo."""
+
+    def __init__(self, source: str, *, secrets: frozenset[str] = frozenset()):
         self.source = source
+        # Longest first, so that a secret containing another is replaced whole.
+        self.secrets = sorted(secrets, key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        return text
 
     def fail(self, path: str, message: str) -> ConfigError:
-        return ConfigError(self.source, path, message)
+        return ConfigError(self.source, self.redact(path), self.redact(message))
 
     def mapping(self, value: Any, path: str, allowed: set[str]) -> dict[str, Any]:
         if not isinstance(value, dict):
@@ -369,6 +460,9 @@ def _describe(value: Any) -> str:
     if isinstance(value, (int, float)):
         return f"a number ({value})"
     if isinstance(value, str):
+        if not value:
+            return "an empty string"
+        value = redact_urls(value)  # before shortening, so no part of a password is left
         shown = value if len(value) <= 60 else value[:57] + "..."
         return repr(shown)
     if isinstance(value, list):
@@ -378,8 +472,8 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-def _build(data: Any, source: str) -> Config:
-    check = _Checker(source)
+def _build(data: Any, check: _Checker) -> Config:
+    source = check.source
     top = check.mapping(data, "", _TOP_KEYS)
 
     interval = check.duration(top["interval"], "interval") if "interval" in top else DEFAULT_INTERVAL
@@ -417,7 +511,7 @@ def _build(data: Any, source: str) -> Config:
             override = {}
         merged = {**base, **(override or {})}
         if name not in catalogue and "targets" not in merged:
-            raise check.fail(path, "a new group needs `targets`")
+            raise check.fail(path, _new_group_without_targets(name, catalogue))
         group = _group(check, name, merged, path, interval, timeout, routes)
         if group is not None:
             groups.append(group)
@@ -433,6 +527,12 @@ def _choice(check: _Checker, top: dict[str, Any], key: str, choices: tuple[str, 
     if value not in choices:
         raise check.fail(key, f"expected one of {', '.join(choices)}, got {_describe(value)}")
     return value
+
+
+def _new_group_without_targets(name: str, catalogue: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(catalogue), n=1, cutoff=0.6) if isinstance(name, str) else []
+    hint = f"; did you mean the catalogue group `{close[0]}`?" if close else ""
+    return f"a new group needs `targets`{hint} (catalogue groups: {', '.join(catalogue)})"
 
 
 def _host(check: _Checker, value: Any) -> HostConfig:
@@ -469,6 +569,8 @@ def _routes(check: _Checker, value: Any) -> dict[str, Route]:
         path = f"routes.{name}"
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name):
             raise check.fail(path, "route names are letters, digits, '_', '.', '-'")
+        if isinstance(spec, str):  # `defender: http://proxy:3128`, the `proxy:` key forgotten
+            raise check.fail(path, f"expected a mapping such as {{proxy: URL}}, got {_describe(spec)}")
         spec = {} if spec is None else check.mapping(spec, path, _ROUTE_KEYS)
         routes[name] = _route(check, name, spec, path)
     _check_route_references(check, routes)
@@ -571,9 +673,13 @@ def _pac_location(check: _Checker, value: Any, path: str) -> str:
 
 def _proxy(check: _Checker, value: Any, path: str) -> ProxyURL:
     expected = "expected a proxy URL http://[user:pass@]host:port"
+    if value == "":
+        raise check.fail(path, f"{expected}, got an empty string; for a direct route write `proxy: null`")
     if not isinstance(value, str):
         raise check.fail(path, f"{expected}, got {_describe(value)}")
     # Never echo the value back: it may hold a password.
+    if "://" not in value:
+        raise check.fail(path, f"{expected}; the scheme is missing (write http:// before the host)")
     try:
         parts = urlsplit(value)
         port = parts.port
@@ -693,12 +799,12 @@ def _group(
         group_expect = Expect(group_expect.statuses, group_expect.content or content, group_expect.body)
     targets_value = check.listing(spec.get("targets"), f"{path}.targets")
     targets = []
-    seen = set()
+    seen: dict[str, int] = {}
     for i, item in enumerate(targets_value):
         target = _target(check, item, f"{path}.targets[{i}]", group_expect)
         if target.url in seen:
-            raise check.fail(f"{path}.targets[{i}]", f"{target.url} is listed twice")
-        seen.add(target.url)
+            raise check.fail(f"{path}.targets[{i}]", f"{target.url} is listed twice (also as targets[{seen[target.url]}])")
+        seen[target.url] = i
         targets.append(target)
 
     content = spec.get("content")
@@ -784,7 +890,11 @@ def _target(check: _Checker, item: Any, path: str, group_expect: Expect = NO_EXP
         raise check.fail(url_path, f"{host!r} is not a valid host name")
     port = port or (443 if parts.scheme == "https" else 80)
     request_target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return Target(url, pattern or url, parts.scheme, host, port, request_target, source, region, expect)
+    # One spelling per endpoint: `https://HOST:443` and `https://host/` are one
+    # target (one job, one series), so a duplicate cannot hide behind spelling.
+    target = Target("", "", parts.scheme, host, port, request_target, source, region, expect)
+    normal = f"{parts.scheme}://{target.authority}{request_target}"
+    return dataclasses.replace(target, url=normal, pattern=pattern or normal)
 
 
 def _valid_host(host: str) -> bool:

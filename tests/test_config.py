@@ -54,10 +54,39 @@ def test_defaults_without_a_file():
     ]
 
 
-def test_empty_file_is_the_built_in_catalogue(tmp_path):
-    path = tmp_path / "empty.yml"
-    path.write_text("")
-    assert len(load_config(path).jobs()) == len(load_config(None).jobs())
+@pytest.mark.parametrize("text", ["", "\n  \n", "# interval: 30s\n", "---\n"])
+def test_an_empty_file_is_an_error_not_the_built_in_catalogue(tmp_path, text):
+    path = tmp_path / "half-written.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "the file is empty; to run the built-in catalogue, start without --config.file" in str(info.value)
+
+
+def test_an_empty_mapping_is_the_built_in_catalogue(tmp_path):
+    path = tmp_path / "defaults.yml"
+    path.write_text("{}\n")
+    assert [j.key for j in load_config(path).jobs()] == [j.key for j in load_config(None).jobs()]
+
+
+def test_duplicate_keys_anywhere_name_both_lines():
+    text = "groups:\n  maps:\n    targets:\n      - {url: https://a.example/, url: https://b.example/}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "c.yml")
+    assert str(info.value) == ("c.yml: groups.maps.targets[0].url: given twice, at lines 4 and 4 "
+                               "(YAML would keep only the last)")
+    # a merge key's values may be overridden: that is what `<<` is for
+    config = parse_config("routes:\n  base: &p {proxy: http://p.example:3128}\n"
+                          "  other: {<<: *p, proxy: http://q.example:3128}\n", "c.yml")
+    assert config.routes["other"].proxy.host == "q.example"
+
+
+def test_target_urls_are_normalised():
+    config = parse_config("groups:\n  intranet:\n    targets: [HTTPS://Mirror.Example:443, 'http://[::1]:80?x=1',"
+                          " 'https://mirror.example:8443/a']\n", "c.yml")
+    assert [t.url for t in config.group("intranet").targets] == [
+        "https://mirror.example/", "http://[::1]/?x=1", "https://mirror.example:8443/a"]
+    assert config.group("intranet").targets[0].pattern == "https://mirror.example/"
 
 
 def test_overrides_replace_add_and_disable_groups():

@@ -80,7 +80,9 @@ def test_bad_config_is_refused_and_the_running_one_keeps_probing(lab, caplog):
         exp.wait_ready()
         before = scrape(exp.port)
         assert value(before, "defender_exporter_config_last_reload_successful") == 1
-        for bad in ("interval: [", "groups: {maps: {targets: [ftp://x/]}}", "interval: soon", "routes: 5"):
+        # "" and a comment alone: what a half-written file looks like for a moment
+        for bad in ("interval: [", "groups: {maps: {targets: [ftp://x/]}}", "interval: soon", "routes: 5",
+                    "", "# site config\n", "routes:\n  defender: {proxy: http://a:3128}\n  defender:"):
             path.write_text(bad)
             with caplog.at_level(logging.ERROR, logger="exporter"):
                 status, body = post_reload(exp.port)
