@@ -21,6 +21,7 @@ import sys
 
 from . import __version__, signals
 from .config import ConfigError, load_config
+from .webconfig import load_web_config
 from .logs import LEVELS, setup
 from .wording import http_url, plural
 
@@ -171,13 +172,16 @@ def _run(argv: list[str]) -> int:
         args = build_parser().parse_args(argv)
         setup(args.log_level, args.log_format)
         config = load_config(args.config_file)
+        web_config = load_web_config(args.web_config_file) if args.web_config_file else None
         if args.config_check:
             print(f"{config.source}: valid ({plural(len(config.jobs()), 'probe job')} in "
                   f"{plural(len(config.groups), 'group')})")
+            if web_config is not None:
+                print(f"{web_config.source}: valid ({web_config.summary()})")
             return 0
         host, port = parse_listen_address(args.listen_address)
         with asyncio.Runner(loop_factory=_loop_factory(args.event_loop)) as runner:
-            return runner.run(_serve(config, args, host, port))
+            return runner.run(_serve(config, web_config, args, host, port))
     except UsageError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -201,19 +205,12 @@ def _loop_factory(choice: str):
     return uvloop.new_event_loop
 
 
-async def _serve(config, args, host: str | None, port: int) -> int:
+async def _serve(config, web_config, args, host: str | None, port: int) -> int:
     from aiohttp import web
 
     from .gcpolicy import FullCollections
     from .runtime import Exporter
     from .web import make_app
-    from .webconfig import WebConfigError, load_web_config
-
-    try:
-        web_config = load_web_config(args.web_config_file) if args.web_config_file else None
-    except WebConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     exporter = Exporter(config, config_path=args.config_file, web_config=web_config,
                         web_config_path=args.web_config_file)
     exporter.web_ssl_context = web_config.ssl_context() if web_config else None

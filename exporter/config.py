@@ -314,8 +314,9 @@ def load_yaml(text: str, check: "_Checker") -> Any:
     """YAML as PyYAML's safe loader reads it, but a key given twice is an error
     (PyYAML keeps the last one silently: a second `defender:` route would
     replace the first)."""
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # reading starts here: a NUL byte fails already
         node = loader.get_single_node()
         if node is None:
             return None
@@ -327,7 +328,8 @@ def load_yaml(text: str, check: "_Checker") -> Any:
         problem = getattr(exc, "problem", None) or str(exc)
         raise check.fail("", f"invalid YAML: {where}{problem}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _refuse_duplicate_keys(root: yaml.Node, root_path: str, check: "_Checker") -> None:
@@ -398,8 +400,10 @@ class _Checker:
     token) is redacted wherever a mistake's shape puts it, in the key path as
     much as in an echoed value; ConfigError then redacts any URL's userinfo."""
 
-    def __init__(self, source: str, *, secrets: frozenset[str] = frozenset()):
+    def __init__(self, source: str, *, secrets: frozenset[str] = frozenset(),
+                 error: type[ConfigError] = ConfigError):
         self.source = source
+        self.error = error  # the web config's checker raises WebConfigError
         # Longest first, so that a secret containing another is replaced whole.
         self.secrets = sorted(secrets, key=len, reverse=True)
 
@@ -409,7 +413,7 @@ class _Checker:
         return text
 
     def fail(self, path: str, message: str) -> ConfigError:
-        return ConfigError(self.source, self.redact(path), self.redact(message))
+        return self.error(self.source, self.redact(path), self.redact(message))
 
     def mapping(self, value: Any, path: str, allowed: set[str]) -> dict[str, Any]:
         if not isinstance(value, dict):

@@ -19,7 +19,7 @@ from lab.servers import Ok
 from support import ExporterThread, lab_config
 
 from conftest import free_port
-from exporter.webconfig import WebConfigError, load_web_config, parse_web_config
+from exporter.webconfig import load_web_config, parse_web_config
 
 MAPS = "https://wdcp.microsoft.com/"
 OTHER = "https://wd.microsoft.com/"
@@ -152,22 +152,7 @@ def test_cli_refuses_client_auth_it_cannot_honour(tmp_path, web_pki, auth_type):
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"tls_server_config": {"cert_file": "x.crt"}}, "tls_server_config.key_file: required"),
-    ({"tls_server_config": {"cert_file": "missing.crt", "key_file": "missing.key"}}, "tls_server_config:"),
-    ({"tls_server_config": {"cert_file": "a", "key_file": "b", "min_version": "SSL3"}}, "min_version: expected one of"),
-    ({"tls_server_config": {"cert_file": "a", "key_file": "b", "client_auth_type": "VerifyClientCertIfGiven"}},
-     "client_ca_file: required"),
-    ({"basic_auth_users": {"alice": "plaintext"}}, "basic_auth_users.alice: expected a bcrypt hash"),
-    ({"basic_auth_users": ["alice"]}, "basic_auth_users: expected a mapping"),
-    ({"http_server_config": {"http2": True}}, "only `headers` is supported"),
-    ({"rate_limit": {}}, "rate_limit: unknown or unsupported key"),
-    ([], "(top level): expected a mapping"),
-])
-def test_invalid_web_configs_name_the_key(tmp_path, data, message):
-    with pytest.raises(WebConfigError) as info:
-        parse_web_config(data, str(tmp_path / "web.yml"))
-    assert message in str(info.value)
+# Invalid web configs and their messages: tests/test_webconfig.py (tests/testdata/webconfig/).
 
 
 # ------------------------------------------------------------------ basic auth
