@@ -22,6 +22,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import gcpolicy, ondemand
+from .basicauth import BasicAuth, Verdict
 from .ondemand import NotAllowed, ProbeLimits, RateLimiter, Redactor
 from .runtime import Exporter
 from .statuspage import render_config, render_status
@@ -35,9 +36,6 @@ LIMITER_KEY = web.AppKey("probe_limiter", RateLimiter)
 
 # Health checks of containers and load balancers carry no credentials.
 OPEN_PATHS = frozenset({"/-/healthy", "/-/ready"})
-# bcrypt costs tens of milliseconds a check by design: run it off the event loop,
-# a few at a time, so a flood of wrong passwords cannot stall probes or scrapes.
-BCRYPT_CONCURRENCY = 2
 TEXT = "text/plain"
 # Bytes of /metrics body that may wait in the transport (see metrics()).
 METRICS_WRITE_BUFFER = 4 * 1024 * 1024
@@ -85,32 +83,36 @@ async def _errors_middleware(request: web.Request, handler):
 
 
 def _security_middleware(config: WebConfig):
-    semaphore = asyncio.Semaphore(BCRYPT_CONCURRENCY)
+    auth = BasicAuth(config)
 
     @web.middleware
     async def middleware(request: web.Request, handler):
-        if config.users and request.path not in OPEN_PATHS and not await _authorized(request, config, semaphore):
-            response = web.Response(status=401, text="Unauthorized\n",
+        if config.users and request.path not in OPEN_PATHS:
+            verdict = await _authorize(request, auth)
+            if verdict.retry_after > 0:
+                seconds = ondemand.retry_after(verdict.retry_after)
+                return web.Response(status=429, text=f"Too many failed logins; retry in {seconds} s.\n",
+                                    headers={"Retry-After": seconds})
+            if not verdict.ok:
+                return web.Response(status=401, text="Unauthorized\n",
                                     headers={"WWW-Authenticate": 'Basic realm="defender-connectivity-exporter"'})
-        else:
-            response = await handler(request)
-        return response  # http_server_config.headers are added in on_response_prepare
+        return await handler(request)  # http_server_config.headers are added in on_response_prepare
 
     return middleware
 
 
-async def _authorized(request: web.Request, config: WebConfig, semaphore: asyncio.Semaphore) -> bool:
-    header = request.headers.get("Authorization", "")
-    if not header.startswith("Basic "):
-        return False
+async def _authorize(request: web.Request, auth: BasicAuth) -> Verdict:
+    # RFC 9110 11.1: the scheme name is case-insensitive ("basic", "BASIC").
+    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() != "basic":
+        return Verdict(False)
     try:
-        user, sep, password = base64.b64decode(header[6:], validate=True).decode("utf-8").partition(":")
+        user, sep, password = base64.b64decode(credentials.strip(), validate=True).decode("utf-8").partition(":")
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        return False
+        return Verdict(False)
     if not sep:
-        return False
-    async with semaphore:
-        return await asyncio.to_thread(config.check_password, user, password)
+        return Verdict(False)
+    return await auth.check(user, password)
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:

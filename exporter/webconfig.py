@@ -18,10 +18,8 @@ silently verifying (or silently not), those settings are refused.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import ssl
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,10 +43,6 @@ TLS_VERSIONS = {
     "TLS12": ssl.TLSVersion.TLSv1_2,
     "TLS13": ssl.TLSVersion.TLSv1_3,
 }
-# A bcrypt hash of a random string: checked against when the user is unknown,
-# so that a wrong user name costs as much time as a wrong password.
-_DUMMY_HASH = b"$2b$10$CwTycUXWue0Thq9StjUM0uJ8.uNZtMZ8Eg0KKUd7bS9v9Hlb3h6ya"
-_AUTH_CACHE_SECONDS = 300.0
 _BCRYPT_RE = re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")
 _TOP_KEYS = {"tls_server_config", "basic_auth_users", "http_server_config"}
 _TLS_KEYS = {"cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version", "max_version"}
@@ -81,7 +75,6 @@ class WebConfig:
     tls: TLSServerConfig | None = None
     users: dict[str, bytes] = field(default_factory=dict, repr=False)
     headers: dict[str, str] = field(default_factory=dict)
-    _cache: dict[bytes, float] = field(default_factory=dict, repr=False)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if self.tls is None:
@@ -127,27 +120,6 @@ class WebConfig:
         self.tls = new.tls
         self.users = dict(new.users)
         self.headers = dict(new.headers)
-        self._cache.clear()
-
-    def check_password(self, user: str, password: str) -> bool:
-        """bcrypt is slow by design; a successful check is remembered a while
-        (keyed by a hash of the credentials) so scrapes do not pay it each time."""
-        import bcrypt
-
-        key = hashlib.sha256(f"{user}\0{password}".encode()).digest()
-        now = time.monotonic()
-        if self._cache.get(key, 0) > now:
-            return True
-        hashed = self.users.get(user)
-        try:
-            ok = bcrypt.checkpw(password.encode(), hashed or _DUMMY_HASH) and hashed is not None
-        except ValueError:
-            ok = False
-        if ok:
-            if len(self._cache) > 1000:
-                self._cache.clear()
-            self._cache[key] = now + _AUTH_CACHE_SECONDS
-        return ok
 
 
 def load_web_config(path: str) -> WebConfig:

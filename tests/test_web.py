@@ -205,8 +205,68 @@ def test_wrong_passwords_do_not_stall_the_exporter(auth_exporter):
         started = time.perf_counter()
         assert request(port, "/-/healthy")[0] == 200
         elapsed = time.perf_counter() - started
-        assert all(f.result()[0] == 401 for f in bad)
+        assert all(f.result()[0] in (401, 429) for f in bad)  # 429: the failure budget is spent
     assert elapsed < 0.5
+
+
+def test_scheme_name_is_case_insensitive(auth_exporter):
+    token = base64.b64encode(b"prometheus:right horse").decode()
+    for scheme in ("Basic", "basic", "BASIC", "bAsIc"):
+        assert request(auth_exporter.port, "/metrics", header=f"{scheme} {token}")[0] == 200, scheme
+    assert request(auth_exporter.port, "/metrics", header=f"Basic  {token} ")[0] == 200  # RFC 9110: 1*SP
+    assert request(auth_exporter.port, "/metrics", header=f"Basicx {token}")[0] == 401
+
+
+def _timed(port: int, auth: tuple[str, str]) -> float:
+    started = time.perf_counter()
+    status, _, _ = request(port, "/config", auth=auth)
+    assert status == 200, status
+    return time.perf_counter() - started
+
+
+def test_a_burst_of_wrong_passwords_does_not_delay_an_authorised_client(tmp_path, healthy_config):
+    """150 concurrent wrong logins (wrong passwords for the scraper's own user, and unknown users)
+    against a real exporter process with cost-8 hashes: the scraper, already verified, is let in
+    as fast as without the burst, and the burst itself buys a bounded number of bcrypt checks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    web = write_web_config(tmp_path, {"basic_auth_users": {
+        "prometheus": bcrypt.hashpw(b"right horse", bcrypt.gensalt(8)).decode(),
+        "grafana": bcrypt.hashpw(b"battery", bcrypt.gensalt(8)).decode()}})
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "exporter", "--config.file", str(healthy_config),
+                                "--web.config.file", str(web), "--web.listen-address", f"127.0.0.1:{port}"],
+                               stderr=subprocess.PIPE, text=True, cwd=REPO)
+    scraper = ("prometheus", "right horse")
+    try:
+        wait_until_ready(port, process)
+        _timed(port, scraper)  # verified once: from now on it is remembered
+        baseline = sorted(_timed(port, scraper) for _ in range(7))[3]
+        # bcrypt's cost on this machine right now, for the report below
+        cost_started = time.perf_counter()
+        assert request(port, "/config", auth=("grafana", "battery"))[0] == 200
+        one_check = time.perf_counter() - cost_started
+
+        attempts = [("prometheus", f"guess-{i}") if i % 3 else (f"nobody-{i}", "x") for i in range(150)]
+        with ThreadPoolExecutor(150) as pool:
+            burst_started = time.perf_counter()
+            burst = [pool.submit(request, port, "/config", auth=a) for a in attempts]
+            time.sleep(0.3)  # the burst is in: accepted, parsed, queued for bcrypt where it would be
+            during = [_timed(port, scraper) for _ in range(3)]
+            statuses = [f.result()[0] for f in burst]
+            burst_took = time.perf_counter() - burst_started
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=10)
+    bound = 3 * baseline + 0.25
+    assert max(during) <= bound, (
+        f"an authorised request took {max(during):.3f} s during the burst (baseline {baseline:.3f} s, "
+        f"one bcrypt check {one_check:.3f} s, the burst took {burst_took:.2f} s)")
+    assert set(statuses) <= {401, 429} and statuses.count(401) >= 1
+    # 150 checks two at a time would take 75 bcrypt checks' time; the budget allows a few.
+    refused_early = statuses.count(429)
+    assert refused_early >= 100, (statuses.count(401), refused_early)
+    assert "too many failed logins" in stderr and "right horse" not in stderr
 
 
 # ------------------------------------------------------------------ /config and secrets
