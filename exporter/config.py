@@ -217,6 +217,7 @@ class Group:
     expected_roots: frozenset[bytes] = frozenset()
     validate_maps: bool = False
     content: str | None = None  # what the endpoint serves, checked on every answer (`ctl`)
+    enabled: bool = True  # disabled groups are validated and kept (Config.disabled_groups), never probed
 
 
 @dataclass(frozen=True)
@@ -270,6 +271,8 @@ class Config:
     connectivity: str = "standard"  # the catalogue profile: standard | streamlined
     region: str = "all"  # the geography the site's endpoints use
     ctl_mirror_url: str | None = None  # internal mirror of the certificate trust lists
+    # `enabled: false` groups, so that /config shows them and a file written from it is this config
+    disabled_groups: tuple[Group, ...] = ()
 
     def jobs(self) -> list[ProbeJob]:
         return [
@@ -504,7 +507,7 @@ def _build(data: Any, check: _Checker) -> Config:
     user_groups = top.get("groups") or {}
     if not isinstance(user_groups, dict):
         raise check.fail("groups", f"expected a mapping of group names, got {_describe(user_groups)}")
-    groups = []
+    groups, disabled = [], []
     for name in list(catalogue) + [n for n in user_groups if n not in catalogue]:
         base = catalogue.get(name, {})
         override = user_groups.get(name)
@@ -517,12 +520,11 @@ def _build(data: Any, check: _Checker) -> Config:
         if name not in catalogue and "targets" not in merged:
             raise check.fail(path, _new_group_without_targets(name, catalogue))
         group = _group(check, name, merged, path, interval, timeout, routes)
-        if group is not None:
-            groups.append(group)
+        (groups if group.enabled else disabled).append(group)
     return Config(
         source=source, interval=interval, timeout=timeout, concurrency=concurrency, routes=routes,
         connect_to=connect_to, tls=tls, limits=limits, groups=tuple(groups), host=_host(check, top.get("host")),
-        connectivity=connectivity, region=region, ctl_mirror_url=ctl_mirror_url,
+        connectivity=connectivity, region=region, ctl_mirror_url=ctl_mirror_url, disabled_groups=tuple(disabled),
     )
 
 
@@ -772,11 +774,10 @@ def _limits(check: _Checker, value: Any) -> Limits:
 def _group(
     check: _Checker, name: str, spec: dict[str, Any], path: str,
     interval: float, timeout: float, routes: Mapping[str, Route],
-) -> Group | None:
+) -> Group:
     if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise check.fail(path, "group names are lower-case letters, digits and '_'")
-    if not check.boolean(spec.get("enabled", True), f"{path}.enabled"):
-        return None
+    enabled = check.boolean(spec.get("enabled", True), f"{path}.enabled")
     description = spec.get("description", "")
     if not isinstance(description, str):
         raise check.fail(f"{path}.description", f"expected a string, got {_describe(description)}")
@@ -825,7 +826,8 @@ def _group(
     else:
         roots = frozenset()
     validate_maps = check.boolean(spec.get("validate_maps", name == "maps"), f"{path}.validate_maps")
-    return Group(name, description, tuple(names), g_interval, g_timeout, tuple(targets), roots, validate_maps, content)
+    return Group(name, description, tuple(names), g_interval, g_timeout, tuple(targets), roots, validate_maps, content,
+                 enabled)
 
 
 def _expect(check: _Checker, value: Any, path: str) -> Expect:

@@ -27,6 +27,7 @@ import yaml
 
 from . import __version__
 from .causes import REMEDIES, Cause
+from .catalogue import CONFIG_SOURCE
 from .config import Config
 from .ondemand import Redactor
 from .reasons import REASON_DESCRIPTIONS, Reason
@@ -344,15 +345,22 @@ def _duration(seconds: float) -> str:
 
 
 def config_as_dict(config: Config) -> dict:
-    """The running configuration in the config file's shape, proxy passwords redacted."""
+    """The running configuration in the config file's shape, proxy passwords redacted.
+
+    Given back as a config file it yields the same jobs: disabled groups are
+    shown with `enabled: false`, every setting with its value (tests/test_web.py)."""
     data: dict = {
         "interval": _duration(config.interval),
         "timeout": _duration(config.timeout),
         "concurrency": config.concurrency,
+        "connectivity": config.connectivity,
+        "region": config.region,
+        "ctl_mirror_url": config.ctl_mirror_url,
         "routes": {name: {"proxy": route.proxy.redacted() if route.proxy else None}
                    for name, route in config.routes.items()},
         "connect_to": [
-            f"{c.from_host}:{'' if c.from_port is None else c.from_port}:{c.to_host}:{'' if c.to_port is None else c.to_port}"
+            ":".join((_bracketed(c.from_host), "" if c.from_port is None else str(c.from_port),
+                      _bracketed(c.to_host), "" if c.to_port is None else str(c.to_port)))
             for c in config.connect_to
         ],
         "tls": {"ca_file": config.tls.ca_file, "ssl_options": config.tls.ssl_options},
@@ -360,16 +368,20 @@ def config_as_dict(config: Config) -> dict:
                    "crl_bytes": config.limits.crl_bytes},
         "groups": {},
     }
-    for group in config.groups:
-        data["groups"][group.name] = {
+    for group in (*config.groups, *config.disabled_groups):
+        shown = {
+            "enabled": group.enabled,
             "description": group.description,
             "route": list(group.routes),
             "interval": _duration(group.interval),
             "timeout": _duration(group.timeout),
             "validate_maps": group.validate_maps,
             "expected_roots": sorted(fp.hex() for fp in group.expected_roots),
-            "targets": [t.url if t.pattern == t.url else {"url": t.url, "pattern": t.pattern} for t in group.targets],
+            "targets": [_target_as_config(t) for t in group.targets],
         }
+        if group.content is not None:
+            shown["content"] = group.content
+        data["groups"][group.name] = shown
     host = getattr(config, "host", None)
     if host is not None:
         import dataclasses
@@ -379,6 +391,21 @@ def config_as_dict(config: Config) -> dict:
                                 and not isinstance(v, bool) else v)
                             for k, v in dataclasses.asdict(host).items()}
     return data
+
+
+def _target_as_config(target) -> str | dict:
+    shown: dict = {"url": target.url}
+    if target.pattern != target.url:
+        shown["pattern"] = target.pattern
+    if target.source != CONFIG_SOURCE:
+        shown["source"] = target.source
+    if target.region is not None:
+        shown["region"] = target.region
+    return target.url if len(shown) == 1 else shown
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def render_config(config: Config) -> str:

@@ -16,9 +16,11 @@ import bcrypt
 import pytest
 import yaml
 from lab.servers import Ok
-from support import ExporterThread, lab_config
+from support import ExporterThread, lab_config, root_fingerprint
 
 from conftest import free_port
+from exporter.config import load_config
+from exporter.statuspage import render_config
 from exporter.webconfig import load_web_config, parse_web_config
 
 MAPS = "https://wdcp.microsoft.com/"
@@ -286,6 +288,53 @@ def test_config_endpoint_shows_the_running_config_redacted(tmp_path, lab_pki):
     assert shown["groups"]["maps"]["validate_maps"] is True
     assert shown["tls"]["ca_file"] == str(lab_pki.ca_bundle_path)
     assert shown["interval"] == "1m" and shown["timeout"] == "3s"
+
+
+def _job_facts(config) -> list:
+    """Everything a job is made of, the proxy password aside (/config shows it redacted)."""
+    def route(r):
+        return (r.name, None if r.proxy is None else (r.proxy.host, r.proxy.port, r.proxy.username))
+
+    def group(g):
+        return (g.name, g.enabled, g.description, g.routes, g.interval, g.timeout, g.targets, g.expected_roots,
+                g.validate_maps, g.content)
+
+    return [
+        [(j.group.name, j.target, route(j.route)) for j in config.jobs()],
+        [group(g) for g in (*config.groups, *config.disabled_groups)],
+        (config.interval, config.timeout, config.concurrency, config.connect_to, config.tls, config.limits,
+         config.host, config.connectivity, config.region, config.ctl_mirror_url),
+        sorted(route(r) for r in config.routes.values()),
+    ]
+
+
+@pytest.mark.parametrize("profile", ["standard", "streamlined"])
+def test_config_endpoint_round_trips(tmp_path, lab_pki, profile):
+    """What /config shows, given back as a config file, is the same exporter: the same jobs,
+    disabled groups included (they used to be left out, and came back enabled)."""
+    path = lab_config(tmp_path, {
+        "maps": {"interval": "1500ms", "targets": ["https://wdcp.microsoft.com",
+                                                   {"url": "HTTPS://X.cp.wd.microsoft.com:443/a?b=c",
+                                                    "pattern": "*.cp.wd.microsoft.com"}]},
+        "update": {"route": ["defender", "branch"], "expected_roots": [root_fingerprint(lab_pki)]},
+        "intranet": {"description": "our mirror", "route": "system", "timeout": "2s",
+                     "targets": ["http://[::1]:8080/defu/"]},
+        "parked": {"enabled": False, "targets": ["https://parked.corp.example/"]},
+    }, routes={"defender": "http://noc:t0p%2Fsecret@proxy.example:3128", "branch": "http://10.1.2.3:3128"},
+        connect_to=["wdcp.microsoft.com:443:127.0.0.2:8443", "::[::1]:", "[::1]:80::8080"],
+        ca_file=lab_pki.ca_bundle_path, ssl_options=2,
+        extra={"connectivity": profile, "region": "eu", "concurrency": 7,
+               "host": {"enabled": False, "interval": "15m"}, "limits": {"body_bytes": 1024}})
+    with ExporterThread(path, port=free_port()) as exp:
+        status, _, shown = request(exp.port, "/config")
+    assert status == 200
+    again = tmp_path / "from-config-endpoint.yml"
+    again.write_text(shown)
+    original, fed_back = load_config(path), load_config(again)
+    assert {g.name for g in original.disabled_groups} >= {"parked", "adl", "diagnostics"}
+    assert _job_facts(fed_back) == _job_facts(original)
+    # and once more: /config of the fed-back config is the same text but for its source
+    assert render_config(fed_back).split("\n", 1)[1] == shown.split("\n", 1)[1]
 
 
 SECRET = "Sup3r-s3cret-pr0xy-pw"
