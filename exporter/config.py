@@ -26,6 +26,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from .cabundle import read_bundle
 from .catalogue import CONFIG_SOURCE, CONNECTIVITY_PROFILES, REGIONS, builtin_catalogue, catalogue_groups
 from .hostside.collector import MODES as HOST_MODES
 from .hostside.collector import HostConfig
@@ -743,16 +744,13 @@ def _tls(check: _Checker, value: Any) -> TLSConfig:
     if spec.get("ca_file") is not None:
         ca_file = check.string(spec["ca_file"], "tls.ca_file")
         try:
-            data = Path(ca_file).read_bytes()
+            bundle = read_bundle(ca_file, what="tls.ca_file")  # logs the certificates it skips
         except (OSError, ValueError) as exc:  # ValueError: a path with a NUL byte
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise check.fail("tls.ca_file", f"cannot read {ca_file}: {reason}") from None
-        try:
-            pems = x509.load_pem_x509_certificates(data)
-        except ValueError:
-            raise check.fail("tls.ca_file", f"{ca_file} holds no PEM certificate") from None
-        if not pems:
-            raise check.fail("tls.ca_file", f"{ca_file} holds no PEM certificate")
+        if not bundle.certificates:
+            why = f": {bundle.skipped[0]}" if bundle.skipped else ""
+            raise check.fail("tls.ca_file", f"{ca_file} holds no {'usable ' if why else ''}PEM certificate{why}")
     ssl_options = SSL_OPTIONS_DEFAULT
     if "ssl_options" in spec:
         ssl_options = check.integer(spec["ssl_options"], "tls.ssl_options", 0, 3)

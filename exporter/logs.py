@@ -55,5 +55,7 @@ def setup(level: str = "info", fmt: str = "logfmt") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel({"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}[level])
+    # Python warnings from dependencies become log lines in the chosen format, not raw stderr text.
+    logging.captureWarnings(True)
     # aiohttp's access log is noise at info level for an exporter scraped every few seconds.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -15,7 +15,6 @@ import ipaddress
 import _ssl
 import ssl
 import time
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,8 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from ..cabundle import SYSTEM as SYSTEM_BUNDLE
+from ..cabundle import parse_bundle, read_bundle
 from ..config import bundled_root_pems
 from ..reasons import Reason
 from .result import CertFacts, TLSFacts
@@ -191,16 +192,16 @@ class TrustStore:
     """Bundled Microsoft/DigiCert roots + the system store + the user's ca_file."""
 
     def __init__(self, *, ca_file: str | None = None, system: bool = True):
-        pems = list(bundled_root_pems())
+        bundles = [parse_bundle(pem, "bundled roots") for pem in bundled_root_pems()]
         if system:
             cafile = ssl.get_default_verify_paths().cafile
             if cafile and Path(cafile).is_file():
-                pems.append(Path(cafile).read_bytes())
+                bundles.append(read_bundle(cafile, what=SYSTEM_BUNDLE))
         if ca_file:
-            pems.append(Path(ca_file).read_bytes())
+            bundles.append(read_bundle(ca_file, what="tls.ca_file"))
         certs: dict[bytes, x509.Certificate] = {}
-        for pem in pems:
-            for cert in _load_pems(pem):
+        for bundle in bundles:
+            for cert in bundle.certificates:
                 certs[cert.fingerprint(hashes.SHA256())] = cert
         self.anchors = tuple(certs.values())
         self._store = Store(list(self.anchors))
@@ -361,17 +362,6 @@ def tls_facts(ssl_object: ssl.SSLObject, presented: list[bytes], verdict: ChainV
         aia_fetched=completion.fetched_from if completion is not None else (),
         aia_error=completion.error if completion is not None else "",
     )
-
-
-def _load_pems(pem: bytes) -> list[x509.Certificate]:
-    # System bundles hold a few old roots that newer cryptography frowns upon
-    # (e.g. a non-positive serial); they still serve as anchors, so say nothing.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return x509.load_pem_x509_certificates(pem)
-        except ValueError:
-            return []
 
 
 def _subject(hostname: str):
