@@ -36,6 +36,18 @@ def recv_head(sock) -> bytes:
     return received
 
 
+def invalid_files(table: str) -> list[Path]:
+    """tests/testdata/<table>/invalid-*.yml: one bad file per error, each starting `# error: <message>`."""
+    return sorted((Path(__file__).parent / "testdata" / table).glob("invalid-*.yml"))
+
+
+def assert_table_message(path: Path, message: str) -> None:
+    """`message` is the file's `# error:` line, once the file's directory is stripped from it."""
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# error: "), f"{path.name} lacks its '# error:' line"
+    assert message.replace(str(path.parent) + "/", "") == first[len("# error: "):]
+
+
 def root_fingerprint(pki) -> str:
     return hashlib.sha256(pki.root.cert.public_bytes(Encoding.DER)).hexdigest()
 

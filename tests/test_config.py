@@ -11,24 +11,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import assert_table_message, invalid_files
 
 from exporter.config import ConfigError, load_config, parse_config
 
 TESTDATA = Path(__file__).parent / "testdata" / "config"
-INVALID = sorted(TESTDATA.glob("invalid-*.yml"))
-
-
-def _expected_error(path: Path) -> str:
-    first = path.read_text().splitlines()[0]
-    assert first.startswith("# error: "), f"{path.name} lacks its '# error:' line"
-    return first[len("# error: "):]
+INVALID = invalid_files("config")
 
 
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
 def test_invalid_config_message(path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert str(info.value).replace(str(path.parent) + "/", "") == _expected_error(path)
+    assert_table_message(path, str(info.value))
 
 
 def test_invalid_table_is_not_empty():

@@ -14,18 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import assert_table_message, invalid_files
 
 from exporter.webconfig import WebConfigError, load_web_config
 
 REPO = Path(__file__).parent.parent
 TESTDATA = Path(__file__).parent / "testdata" / "webconfig"
-INVALID = sorted(TESTDATA.glob("invalid-*.yml"))
-
-
-def _expected_error(path: Path) -> str:
-    first = path.read_text().splitlines()[0]
-    assert first.startswith("# error: "), f"{path.name} lacks its '# error:' line"
-    return first[len("# error: "):]
+INVALID = invalid_files("webconfig")
 
 
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
@@ -33,7 +28,7 @@ def test_invalid_web_config_message(path):
     with pytest.raises(WebConfigError) as info:
         load_web_config(str(path))
     message = str(info.value)
-    assert message.replace(str(path.parent) + "/", "") == _expected_error(path)
+    assert_table_message(path, message)
     assert "Errno" not in message and "PEM lib" not in message and "_ssl.c" not in message
 
 
