@@ -56,7 +56,9 @@ class ConfigError(Exception):
 
 REDACTED = "<redacted>"
 # scheme://user:password@ as urlsplit reads it: the password runs to the last @ of the authority.
-_USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#@\[\]\s'\"]*(?:@[^/?#@\[\]\s'\"]*)*)@")
+_USERINFO_RE = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#@\[\]\s'\"]*(?:@[^/?#@\[\]\s'\"]*)*)@"
+)
 # Shorter secrets would mangle ordinary words; the URL-shaped redaction still covers them.
 _MIN_SECRET = 3
 
@@ -806,7 +808,8 @@ def _group(
     for i, item in enumerate(targets_value):
         target = _target(check, item, f"{path}.targets[{i}]", group_expect)
         if target.url in seen:
-            raise check.fail(f"{path}.targets[{i}]", f"{target.url} is listed twice (also as targets[{seen[target.url]}])")
+            raise check.fail(f"{path}.targets[{i}]",
+                             f"{target.url} is listed twice (also as targets[{seen[target.url]}])")
         seen[target.url] = i
         targets.append(target)
 

@@ -38,7 +38,8 @@ def test_invalid_table_is_not_empty():
 
 def test_a_good_web_config_loads(tmp_path):
     path = tmp_path / "web.yml"
-    path.write_text(f"tls_server_config:\n  cert_file: {TESTDATA / 'server.crt'}\n  key_file: {TESTDATA / 'server.key'}\n"
+    path.write_text(f"tls_server_config:\n  cert_file: {TESTDATA / 'server.crt'}\n"
+                    f"  key_file: {TESTDATA / 'server.key'}\n"
                     "basic_auth_users:\n  prometheus: $2y$10$Dy0uOerwxNTFsDp1YxH3mu7E2hQ2p2IvKpdxCNU2bPwDvyKUcKZ6q\n"
                     "http_server_config:\n  headers: {X-Frame-Options: deny}\n")
     web = load_web_config(str(path))
@@ -65,7 +66,8 @@ def test_config_check_validates_the_web_config_too(tmp_path):
     assert done.stderr.strip() == f"error: {missing}: cannot read file: No such file or directory"
 
     good = tmp_path / "web.yml"
-    good.write_text(f"tls_server_config:\n  cert_file: {TESTDATA / 'server.crt'}\n  key_file: {TESTDATA / 'server.key'}\n")
+    good.write_text(f"tls_server_config:\n  cert_file: {TESTDATA / 'server.crt'}\n"
+                    f"  key_file: {TESTDATA / 'server.key'}\n")
     done = check("--config.file", str(config), "--web.config.file", str(good))
     assert done.returncode == 0, done.stderr
     assert f"{good}: valid" in done.stdout and f"{config}: valid" in done.stdout
