@@ -356,8 +356,7 @@ def config_as_dict(config: Config) -> dict:
         "connectivity": config.connectivity,
         "region": config.region,
         "ctl_mirror_url": config.ctl_mirror_url,
-        "routes": {name: {"proxy": route.proxy.redacted() if route.proxy else None}
-                   for name, route in config.routes.items()},
+        "routes": {name: _route_as_config(route) for name, route in config.routes.items()},
         "connect_to": [
             ":".join((_bracketed(c.from_host), "" if c.from_port is None else str(c.from_port),
                       _bracketed(c.to_host), "" if c.to_port is None else str(c.to_port)))
@@ -391,6 +390,20 @@ def config_as_dict(config: Config) -> dict:
                                 and not isinstance(v, bool) else v)
                             for k, v in dataclasses.asdict(host).items()}
     return data
+
+
+def _route_as_config(route) -> dict:
+    """A route in the config file's shape, whichever its kind (config._route reads it back)."""
+    if route.kind == "pac":
+        return {"pac": route.pac, "pac_route": route.pac_route, "pac_interval": _duration(route.pac_interval)}
+    if route.kind == "wpad":
+        return {"wpad": True, "wpad_domain": route.wpad_domain}
+    if route.kind == "fallback":
+        return {"fallback": list(route.fallback)}
+    shown: dict = {"proxy": route.proxy.redacted() if route.proxy else None}
+    if route.bypass:
+        shown["bypass"] = list(route.bypass)
+    return shown
 
 
 def _target_as_config(target) -> str | dict:

@@ -293,7 +293,8 @@ def test_config_endpoint_shows_the_running_config_redacted(tmp_path, lab_pki):
 def _job_facts(config) -> list:
     """Everything a job is made of, the proxy password aside (/config shows it redacted)."""
     def route(r):
-        return (r.name, None if r.proxy is None else (r.proxy.host, r.proxy.port, r.proxy.username))
+        proxy = None if r.proxy is None else (r.proxy.host, r.proxy.port, r.proxy.username)
+        return (r.name, proxy, r.bypass, r.pac, r.pac_route, r.pac_interval, r.wpad, r.wpad_domain, r.fallback)
 
     def group(g):
         return (g.name, g.enabled, g.description, g.routes, g.interval, g.timeout, g.targets, g.expected_roots,
@@ -320,11 +321,20 @@ def test_config_endpoint_round_trips(tmp_path, lab_pki, profile):
         "intranet": {"description": "our mirror", "route": "system", "timeout": "2s",
                      "targets": ["http://[::1]:8080/defu/"]},
         "parked": {"enabled": False, "targets": ["https://parked.corp.example/"]},
-    }, routes={"defender": "http://noc:t0p%2Fsecret@proxy.example:3128", "branch": "http://10.1.2.3:3128"},
+    }, routes={"defender": "http://noc:t0p%2Fsecret@proxy.example:3128"},
         connect_to=["wdcp.microsoft.com:443:127.0.0.2:8443", "::[::1]:", "[::1]:80::8080"],
         ca_file=lab_pki.ca_bundle_path, ssl_options=2,
         extra={"connectivity": profile, "region": "eu", "concurrency": 7,
                "host": {"enabled": False, "interval": "15m"}, "limits": {"body_bytes": 1024}})
+    data = yaml.safe_load(path.read_text())
+    data["routes"].update({  # every kind of route
+        "branch": {"proxy": "http://10.1.2.3:3128", "bypass": ["*.corp.example", "<local>"]},
+        "pac": {"pac": "http://wpad.corp.example/proxy.pac", "pac_route": "defender", "pac_interval": "90s"},
+        "found": {"wpad": True, "wpad_domain": "corp.example"},
+        "either": {"fallback": ["pac", "found", "system"]},
+    })
+    data["groups"]["update"]["route"] = ["defender", "branch", "pac", "found", "either"]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     with ExporterThread(path, port=free_port()) as exp:
         status, _, shown = request(exp.port, "/config")
     assert status == 200
