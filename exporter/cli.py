@@ -211,6 +211,7 @@ async def _serve(config, web_config, args, host: str | None, port: int) -> int:
     from .gcpolicy import FullCollections
     from .runtime import Exporter
     from .web import make_app
+
     exporter = Exporter(config, config_path=args.config_file, web_config=web_config,
                         web_config_path=args.web_config_file)
     exporter.web_ssl_context = web_config.ssl_context() if web_config else None
