@@ -414,6 +414,15 @@ def _target_as_config(target) -> str | dict:
         shown["source"] = target.source
     if target.region is not None:
         shown["region"] = target.region
+    expect = {}  # the target's expectations, its group's merged in (config._target reads them back)
+    if target.expect.statuses:
+        expect["status"] = list(target.expect.statuses)
+    if target.expect.content is not None:
+        expect["content"] = target.expect.content
+    if target.expect.body is not None:
+        expect["body"] = target.expect.body.pattern.decode()
+    if expect:
+        shown["expect"] = expect
     return target.url if len(shown) == 1 else shown
 
 
