@@ -125,3 +125,16 @@ def test_the_readme_shows_the_table_of_signs():
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert "\n".join(render_signs()) in readme, "README's table of proxy signs differs from proxy_answer.py"
+
+
+def test_a_zscaler_block_redirect_is_the_proxys():
+    """Zscaler cannot run here: its documented block redirect, judged as it would arrive."""
+    from exporter.probes._http import HTTPAnswer
+    from exporter.probes.proxy_answer import judge
+
+    block = ("https://blocked.corp.example/?url=http://crl.microsoft.com/x.crl&reason=Not+allowed"
+             "&reasoncode=CATEGORY_DENIED&action=deny&zsq=Zs1xYz")
+    answer = HTTPAnswer(302, "Found", (("location", block),))
+    assert judge(answer, tunnel=False) == (Reason.PROXY_DENIED, "a redirect to the proxy's block notification")
+    mirror = HTTPAnswer(302, "Found", (("location", "http://cdn.example.net/x.crl?reason=moved"),))
+    assert judge(mirror, tunnel=False) is None

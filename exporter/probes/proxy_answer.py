@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from ..reasons import Reason
 from ._http import HTTPAnswer
@@ -98,6 +99,9 @@ SIGNS: tuple[Sign, ...] = (
          "proxy_auth_required (ERR_CACHE_ACCESS_DENIED), else proxy_error", "Squid's error pages"),
     Sign("error page of a known proxy (ERROR_PAGES)", "that product generated the answer",
          "proxy_auth_required (401/407), proxy_denied (403), else proxy_error", "each row of ERROR_PAGES"),
+    Sign("a redirect to a block notification (Location with `reasoncode` and `zsq`)",
+         "Zscaler refused the request and sends the user to the organisation's block page", "proxy_denied",
+         "Zscaler, ZIA \"Block Custom Notification\": the query parameters of the redirect"),
     Sign("502/504 through a proxy over plain HTTP, with no Via", "the proxy could not reach the origin: "
          "a proxy MUST add Via to what it forwards, so an answer without one was not forwarded",
          "proxy_error", "RFC 9110 7.6.3 (Via), 15.6.3 and 15.6.5"),
@@ -107,6 +111,8 @@ SIGNS: tuple[Sign, ...] = (
 def judge(answer: HTTPAnswer, *, tunnel: bool) -> tuple[Reason, str] | None:
     """(reason, what gave it away) if the proxy made this answer, else None."""
     status = answer.status
+    if 300 <= status < 400 and _is_block_redirect(answer.header("location") or ""):
+        return Reason.PROXY_DENIED, "a redirect to the proxy's block notification"
     if status < 400:
         return None
     if status == 407:
@@ -130,6 +136,17 @@ def judge(answer: HTTPAnswer, *, tunnel: bool) -> tuple[Reason, str] | None:
     if not tunnel and status in GATEWAY_STATUSES and not answer.header_values("via"):
         return Reason.PROXY_ERROR, f"{status} through the proxy with no Via: not forwarded from the origin"
     return None
+
+
+# Zscaler's "custom block notification" redirects a blocked request to a page of the
+# organisation's with these query parameters (help.zscaler.com/zia/block-custom-notification).
+_ZSCALER_BLOCK_PARAMETERS = ("reasoncode", "zsq")
+
+
+def _is_block_redirect(location: str) -> bool:
+    query = urlsplit(location).query
+    keys = {part.split("=", 1)[0].lower() for part in query.split("&") if part}
+    return all(k in keys for k in _ZSCALER_BLOCK_PARAMETERS)
 
 
 def _by_status(status: int) -> Reason:
