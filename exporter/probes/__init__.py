@@ -1,4 +1,5 @@
-"""Probers: one module each, one signature, chosen by the target's scheme.
+"""Probers, one signature, chosen by the target's scheme (http.py serves both
+http and https: probes/fetch.py requests a URL over a route, TLS and all).
 
     async def probe(job: ProbeJob, env: ProbeEnv, *, trace: Trace | None = None) -> ProbeResult
 
