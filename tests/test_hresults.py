@@ -32,7 +32,6 @@ from exporter.crl import RevocationStatus
 from exporter.hostside import collect_host, emulated_evidence
 from exporter.hostside.mpcmdrun import parse_validate_maps
 from exporter.probes import CertFacts, ProbeResult, TLSFacts
-from exporter.probes.env import ProbeEnv  # noqa: F401 - the assessor's own import path
 from exporter.reasons import Reason
 from exporter.state import Outcome, ResultStore
 
