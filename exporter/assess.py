@@ -122,6 +122,7 @@ class Assessor:
         self.trust = trust
         # Routes evaluated per URL (bypass, PAC, WPAD, fallback); the sandbox outlives reloads.
         self.routes = RouteBook(config, sandbox=pac_sandbox, trust=trust)
+        self._crl_carriers: dict[str, tuple[object, Hop]] = {}  # CRL URL -> (its last check, the hop that made it)
         self.crl_cache = crl_cache or CRLCache(config.limits, config.connect_to)
         self.crl_cache.reconfigure(config.limits, config.connect_to)
         self.ocsp_cache = ocsp_cache or OCSPCache(config.limits, config.connect_to)
@@ -198,25 +199,48 @@ class Assessor:
         system = self.system_route
         certs = [_certificate(f.der) for f in path]
         deadline = time.monotonic() + budget
-        hops: dict[str, Hop | RouteFailure] = {}
+        plans: dict[str, tuple[Hop, ...] | RouteFailure] = {}
+        used: dict[str, Hop] = {}  # the hop that carried each URL's check
 
-        async def route_for(url: str) -> Route | None:
-            """The system route as WinHTTP would use it for this URL (None: it cannot say)."""
+        async def routes_for(url: str) -> tuple[Route, ...] | RouteFailure:
+            """The system route as WinHTTP would use it for this URL, in failover order."""
             if system.static:
-                return system
-            if url not in hops:
+                return (system,)
+            if url not in plans:
                 try:
-                    hops[url] = await asyncio.wait_for(self.routes.hop_for(system, url), _left(deadline))
+                    plans[url] = await asyncio.wait_for(self.routes.hops_for(system, url), _left(deadline))
                 except RouteFailure as failure:
-                    hops[url] = failure
+                    plans[url] = failure
                 except TimeoutError:
-                    hops[url] = RouteFailure(Reason.PAC_UNREACHABLE, "the PAC file did not arrive in time")
+                    plans[url] = RouteFailure(Reason.PAC_UNREACHABLE, "the PAC file did not arrive in time")
                 if trace:
-                    hop = hops[url]
+                    plan = plans[url]
                     trace(f"route {system.name} for {url}: " + (
-                        f"{hop.label} ({hop.how or hop.via})" if isinstance(hop, Hop) else f"{hop.reason}: {hop.detail}"))
-            hop = hops[url]
-            return hop.route if isinstance(hop, Hop) else None
+                        "; ".join(h.label for h in plan) if isinstance(plan, tuple) else f"{plan.reason}: {plan.detail}"))
+            plan = plans[url]
+            return plan if isinstance(plan, RouteFailure) else tuple(h.route for h in plan)
+
+        async def check_crl(url: str, routes: tuple[Route, ...], timeout: float):
+            """The CRL check over the first route that reaches a proxy: WinHTTP tries the next
+            entry of a PAC answer when a proxy cannot be reached."""
+            for k, route in enumerate(routes):
+                # The fetch's own deadline comes first, so that a stall is named by
+                # the step it happened in (timeout vs connect_timeout), not cut off here.
+                left = max(0.05, _left(deadline) - FETCH_MARGIN)
+                check = await self.crl_cache.check(url, route, min(timeout, left))
+                plan = plans.get(url)
+                if isinstance(plan, tuple):
+                    # A check shared from the cache was made over the hop that made it.
+                    known = self._crl_carriers.get(url)
+                    if known is None or known[0] is not check:
+                        known = self._crl_carriers[url] = (check, plan[k])
+                    used[url] = known[1]
+                if check.reachable or check.reason != Reason.PROXY_UNREACHABLE or k + 1 == len(routes):
+                    return check
+                if trace:
+                    trace(f"CRL {url}: {check.error}; trying the next entry")
+                self.crl_cache.forget(url, route.name)
+            raise AssertionError("no route to try")  # routes is never empty
 
         async def one(i: int, facts: CertFacts) -> RevocationStatus:
             cert, issuer = certs[i], certs[i + 1]
@@ -236,14 +260,19 @@ class Assessor:
                 return left / (2 if len(failures) < sources - 1 else 1)
 
             def nowhere(url: str, source: str) -> RevocationStatus:
-                failure = hops[url]
+                failure = plans[url]
+                assert isinstance(failure, RouteFailure)
                 return RevocationStatus("unreachable", url, f"{failure.reason}: {failure.detail}", source=source)
 
             for url in facts.ocsp_urls:
-                route = await route_for(url)
-                if route is None:
+                routes = await routes_for(url)
+                if isinstance(routes, RouteFailure):
                     failures.append(nowhere(url, "ocsp"))
                     continue
+                route = routes[0]  # OCSP: the answer's first entry (no failover emulated)
+                plan = plans.get(url)
+                if isinstance(plan, tuple):
+                    used[url] = plan[0]
                 check = await self.ocsp_cache.check(url, cert, issuer, route, share())
                 status = self.ocsp_cache.judge(check)
                 if trace:
@@ -254,12 +283,12 @@ class Assessor:
                     return status
                 failures.append(status)
             for url in facts.crl_urls:
-                route = await route_for(url)
-                if route is None:
+                routes = await routes_for(url)
+                if isinstance(routes, RouteFailure):
                     failures.append(nowhere(url, "crl"))
                     continue
                 try:
-                    check = await self.crl_cache.check(url, route, share())
+                    check = await check_crl(url, routes, share())
                 except Exception as exc:  # noqa: BLE001 - a bug here must not lose the job
                     failures.append(RevocationStatus("unreachable", url, f"CRL check failed: {exc}"))
                     continue
@@ -267,7 +296,7 @@ class Assessor:
                 if trace:
                     how = "304 not modified" if check.not_modified else (
                         f"HTTP {check.http_status}" if check.reachable else check.error)
-                    trace(f"CRL {url} via route {route.name}: {how} -> {status.status}"
+                    trace(f"CRL {url} via route {system.name}: {how} -> {status.status}"
                           + (f" ({status.detail})" if status.detail else ""))
                 if status.status in ("good", "revoked"):
                     return status
@@ -292,8 +321,9 @@ class Assessor:
                     "unreachable", url, f"{Reason.TIMEOUT}: revocation check not finished within {budget:.1f} s",
                     reason=Reason.TIMEOUT)))
         described = tuple(
-            (url, f"{hop.label} ({hop.how or 'route ' + hop.via})" if isinstance(hop, Hop) else f"nowhere ({hop.reason})")
-            for url, hop in hops.items())
+            (url, f"{used[url].label} ({used[url].how or 'route ' + used[url].via})" if url in used
+             else f"nowhere ({plan.reason})" if isinstance(plan, RouteFailure) else "")
+            for url, plan in plans.items())
         now = time.time()
         cached = tuple(self._cached_until(certs[i], certs[i + 1], facts, now) for i, facts in enumerate(path[:-1]))
         return ChainRevocation(tuple(statuses), described, cached)

@@ -116,6 +116,11 @@ class CRLCache:
             task.add_done_callback(functools.partial(self._forget, key))
         return await asyncio.shield(task)
 
+    def forget(self, url: str, route: str) -> None:
+        """Drop the last check of (url, route) so the next one fetches again (e.g. over the next
+        entry of a PAC answer after its first proxy could not be reached)."""
+        self.checks.pop((url, route), None)
+
     def _forget(self, key: tuple[str, str], task: asyncio.Task) -> None:
         if self._in_flight.get(key) is task:
             del self._in_flight[key]

@@ -425,12 +425,13 @@ class RouteBook:
     def _count(self, route: str, result: str) -> None:
         self.evaluations[(route, result)] = self.evaluations.get((route, result), 0) + 1
 
-    async def hop_for(self, route: Route, url: str, env: ProbeEnv | None = None) -> Hop:
-        """The first hop `route` would use for `url` (a CRL or AIA fetch); RouteFailure if none."""
+    async def hops_for(self, route: Route, url: str, env: ProbeEnv | None = None) -> tuple[Hop, ...]:
+        """The hops `route` would use for `url` (a CRL or AIA fetch), in failover order: those of
+        its first member (fallback: last good first) that can say; RouteFailure if none can."""
         failure: RouteFailure | None = None
         for member in self.members(route):
             try:
-                return (await self.plan(member, url, env, name=route.name))[0]
+                return await self.plan(member, url, env, name=route.name)
             except RouteFailure as exc:
                 failure = failure or exc
         assert failure is not None

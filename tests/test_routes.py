@@ -480,3 +480,28 @@ def test_check_reports_the_hop_that_carried_each_probe(tmp_path, lab_pki, lab_se
     text = subprocess.run([sys.executable, "-m", "exporter", "check", "--config.file", str(path)],
                           capture_output=True, text=True, timeout=120).stdout
     assert f"[via {squid}]" in text
+
+
+def test_crl_fetch_fails_over_to_the_next_pac_entry(tmp_path, lab_pki, lab_servers, squid_factory):
+    """The system route's PAC sends the CRL URLs to a dead proxy first, then to Squid: the
+    revocation check goes on through Squid, as WinHTTP fails over, and MAPS validates."""
+    lab = RoutesLab(tmp_path, lab_pki, lab_servers, squid_factory)
+    lab.serve_pac(lab.issue_pac(crl=f"PROXY {lab.dead}; PROXY 127.0.0.1:{lab.squid.port}"))
+    path = lab.routes_config({"defender": {"pac": PAC_URL}, "system": {"pac": PAC_URL}},
+                             connect_to=lab.refused_crls())
+    (first, second), _ = run_maps_twice(load_config(path))
+    assert first.maps.valid and second.maps.valid, (first.maps, second.maps)
+    assert squid_log(lab.squid, f"GET {lab_pki.issuing.crl_url}")
+
+
+def test_crl_blocked_names_the_entry_that_failed(tmp_path, lab_pki, lab_servers, squid_factory):
+    """The PAC sends CRLs to a proxy that denies them: crl_blocked, naming that proxy."""
+    lab = RoutesLab(tmp_path, lab_pki, lab_servers, squid_factory)
+    denying = squid_factory(lab.hosts, deny_domains=list(CRL_HOSTS))
+    lab.serve_pac(lab.issue_pac(crl=f"PROXY 127.0.0.1:{denying.port}"))
+    path = lab.routes_config({"defender": {"pac": PAC_URL}, "system": {"pac": PAC_URL}},
+                             connect_to=lab.refused_crls())
+    (first, second), _ = run_maps_twice(load_config(path))
+    for outcome in (first, second):  # the second from the cached check: still named
+        assert_invalid(outcome, reason=Finding.CRL_UNREACHABLE, cause=Cause.CRL_BLOCKED)
+        assert f"sends it 127.0.0.1:{denying.port} (PAC {PAC_URL}" in outcome.maps.detail, outcome.maps.detail
