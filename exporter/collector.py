@@ -44,6 +44,10 @@ def target_samples(job: ProbeJob, stats: JobStats | None, outcome: Outcome | Non
     for phase, seconds in probe.phases:
         yield m.PROBE_PHASE_DURATION, base + (phase,), seconds
     yield m.PROBE_HTTP_STATUS, base, probe.http_status
+    if probe.content_bytes is not None:
+        yield m.PROBE_CONTENT_SIZE, base, probe.content_bytes
+    if probe.content_last_modified is not None:
+        yield m.PROBE_CONTENT_LAST_MODIFIED, base, probe.content_last_modified
     if probe.reason is not None:
         yield m.PROBE_FAILURE_REASON, base + (str(probe.reason),), 1
     yield m.PROBE_LAST_RUN, base, probe.finished_at

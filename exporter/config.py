@@ -813,15 +813,12 @@ def _group(
         seen[target.url] = i
         targets.append(target)
 
-    content = spec.get("content")
-    if content is not None and content not in CONTENT_KINDS:
-        raise check.fail(f"{path}.content", f"expected one of {', '.join(CONTENT_KINDS)}, got {_describe(content)}")
     if "expected_roots" in spec and spec["expected_roots"] is not None:
         roots = frozenset(
             _fingerprint(check, fp, f"{path}.expected_roots[{i}]")
             for i, fp in enumerate(check.listing(spec["expected_roots"], f"{path}.expected_roots"))
         )
-    elif name in PINNED_GROUPS or content == "ctl":
+    elif name in PINNED_GROUPS or any(t.expect.content == "ctl" for t in targets):
         # For a trust list these are the roots its signer must chain to, not TLS pinning.
         roots = bundled_root_fingerprints()
     else:

@@ -71,6 +71,14 @@ PROBE_PHASE_DURATION = _spec(
 PROBE_HTTP_STATUS = _spec(
     "defender_probe_http_status_code", "gauge",
     "HTTP status code of the last answer from the endpoint, 0 if none." + CACHED, TARGET_LABELS)
+PROBE_CONTENT_SIZE = _spec(
+    "defender_probe_content_size_bytes", "gauge",
+    "Size of the body of the last answer whose content was checked (expect: content, e.g. the certificate "
+    "trust lists); absent for other targets." + CACHED, TARGET_LABELS)
+PROBE_CONTENT_LAST_MODIFIED = _spec(
+    "defender_probe_content_last_modified_timestamp_seconds", "gauge",
+    "Last-Modified of the last answer whose content was checked; absent when the server sent none." + CACHED,
+    TARGET_LABELS)
 PROBE_FAILURE_REASON = _spec(
     "defender_probe_failure_reason", "gauge",
     "1 with the reason of the last probe while it failed; absent while it succeeds." + CACHED,

@@ -225,7 +225,8 @@ def test_the_ctl_mirror_replaces_microsofts_trust_list_urls():
     urls = [t.url for t in config.group("ctl").targets]
     assert urls == [f"http://pki.corp.example/ctl/{n}stl.cab" for n in ("authroot", "disallowedcert", "pinrules")]
     assert {t.source for t in config.group("ctl").targets} == {"config"}
-    assert config.group("ctl").routes == ("system",) and config.group("ctl").content == "ctl"
+    assert config.group("ctl").routes == ("system",)
+    assert {t.expect.content for t in config.group("ctl").targets} == {"ctl"}
 
 
 def test_catalogue_entries_carry_their_source_and_user_targets_say_config():

@@ -29,8 +29,11 @@ from ._http import HTTPAnswer
 from ._tls import TrustStore
 
 
-def problem(answer: HTTPAnswer, expect: Expect, trust: TrustStore, *, now: float | None = None) -> str | None:
-    """What is wrong with `answer` for `expect`, in a NOC's words; None if nothing is."""
+def problem(answer: HTTPAnswer, expect: Expect, trust: TrustStore, *, roots: frozenset[bytes] = frozenset(),
+            now: float | None = None) -> str | None:
+    """What is wrong with `answer` for `expect`, in a NOC's words; None if nothing is.
+    `roots`: SHA-256 fingerprints a trust list's signer must chain to (the group's
+    expected_roots; empty: the bundled roots)."""
     if not expect.allows(answer.status):
         allowed = ", ".join(str(s) for s in expect.statuses)
         return f"status {answer.status} is not one of the expected ({allowed})"
@@ -39,7 +42,8 @@ def problem(answer: HTTPAnswer, expect: Expect, trust: TrustStore, *, now: float
             return f"expected a {expect.content.upper()} (status 200), got status {answer.status}"
         if answer.truncated:
             return f"expected a {expect.content.upper()}, but the body is larger than the cap"
-        found = _KINDS[expect.content](answer.body, trust, time.time() if now is None else now)
+        found = _KINDS[expect.content](answer.body, trust, time.time() if now is None else now,
+                                       roots or bundled_root_fingerprints())
         if found is not None:
             return found
     if expect.body is not None and not expect.body.search(answer.body):
@@ -70,7 +74,7 @@ def load_certificate(body: bytes) -> x509.Certificate:
         raise ValueError(f"not an X.509 certificate (DER or PEM): {str(exc)[:120]}") from None
 
 
-def _crl(body: bytes, trust: TrustStore, now: float) -> str | None:
+def _crl(body: bytes, trust: TrustStore, now: float, roots: frozenset[bytes]) -> str | None:
     try:
         crl = load_crl(body)
     except ValueError as exc:
@@ -94,11 +98,11 @@ def _signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) ->
         return False
 
 
-def _ctl(body: bytes, trust: TrustStore, now: float) -> str | None:
-    return check_ctl_cabinet(body, bundled_root_fingerprints(), list(trust.anchors)).problem
+def _ctl(body: bytes, trust: TrustStore, now: float, roots: frozenset[bytes]) -> str | None:
+    return check_ctl_cabinet(body, roots, list(trust.anchors)).problem
 
 
-def _cert(body: bytes, trust: TrustStore, now: float) -> str | None:
+def _cert(body: bytes, trust: TrustStore, now: float, roots: frozenset[bytes]) -> str | None:
     try:
         load_certificate(body)
     except ValueError as exc:

@@ -11,10 +11,12 @@ are judged elsewhere (assess.py) and never change this.
 from __future__ import annotations
 
 import time
+from email.utils import parsedate_to_datetime
 
 from ..config import NO_EXPECT, ProbeJob
 from ..reasons import Reason
 from . import content
+from ._http import HTTPAnswer
 from ._net import ProbeFailure, ProbeState, Trace
 from .env import ProbeEnv
 from .fetch import CRYPTNET_REDIRECTS, Fetched, TLSPolicy, fetch
@@ -38,14 +40,15 @@ async def probe(job: ProbeJob, env: ProbeEnv, *, trace: Trace | None = None) -> 
     if failure is None and fetched.answer is not None and expect != NO_EXPECT:
         # Reading the answer includes judging it: the phases still add up to the duration.
         state.clock.begin("transfer", "checking the content")
-        wrong = content.problem(fetched.answer, expect, env.trust)
+        wrong = content.problem(fetched.answer, expect, env.trust, roots=job.group.expected_roots)
         state.clock.stop()
         if wrong is not None:
             failure = ProbeFailure(Reason.UNEXPECTED_CONTENT, f"{wrong}; arrived: {fetched.answer.describe()}")
-    return _result(state, started_at, fetched, failure)
+    return _result(state, started_at, fetched, failure, checked=expect.content is not None)
 
 
-def _result(state: ProbeState, started_at: float, fetched: Fetched, failure: ProbeFailure | None) -> ProbeResult:
+def _result(state: ProbeState, started_at: float, fetched: Fetched, failure: ProbeFailure | None, *,
+            checked: bool = False) -> ProbeResult:
     answer = fetched.answer
     http_status = answer.status if answer is not None else (failure.http_status if failure else 0)
     if failure is not None:
@@ -63,4 +66,18 @@ def _result(state: ProbeState, started_at: float, fetched: Fetched, failure: Pro
         peer=fetched.peer,
         proxy_status=fetched.proxy_status,
         tls=fetched.tls,
+        **_content_facts(answer, checked),
     )
+
+
+def _content_facts(answer: HTTPAnswer | None, checked: bool) -> dict[str, int | float | None]:
+    """Size and Last-Modified of a body whose kind was checked (CTL, CRL, certificate):
+    how big and how old the file is that the endpoints will get."""
+    if not checked or answer is None or answer.status != 200:
+        return {}
+    modified = answer.header("last-modified")
+    try:
+        stamp = parsedate_to_datetime(modified).timestamp() if modified else None
+    except (TypeError, ValueError, IndexError, OverflowError):  # a date that does not parse is no date
+        stamp = None
+    return {"content_bytes": answer.body_bytes, "content_last_modified": stamp}

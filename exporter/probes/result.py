@@ -66,6 +66,11 @@ class ProbeResult:
     peer: str = ""  # address connected to (the proxy's when there is one)
     proxy_status: int = 0  # CONNECT answer; 0 when no proxy or plain HTTP
     tls: TLSFacts | None = None
+    # For targets whose content is checked (expect: content): the checked body's size
+    # and its Last-Modified (unix seconds; None when the server sent none or it does
+    # not parse). None when nothing was checked.
+    content_bytes: int | None = None
+    content_last_modified: float | None = None
 
     @property
     def finished_at(self) -> float:
