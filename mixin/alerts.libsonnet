@@ -350,6 +350,24 @@
           ),
         ],
       },
+      {
+        name: 'defender-connectivity.endpoints',
+        rules: [
+          alert(
+            'DefenderEmulationDisagreesWithEndpoints',
+            'defender:maps_endpoints_agreeing:ratio < %s\n' % c.agreementRatioMin,
+            c.agreementFor,
+            'info',
+            "The exporter's MAPS emulation and most of the site's endpoints disagree.",
+            [
+              'At ' + at + ' the emulated MAPS verdict is{{ with printf "defender:maps_emulated_valid:min{instance=%q}" $labels.instance | query }}{{ if eq (. | first | value) 1.0 }} valid{{ else }} failing{{ end }}{{ end }},',
+              'but only {{ $value | humanizePercentage }} of the{{ with printf "defender:maps_endpoints_reporting:count{instance=%q}" $labels.instance | query }} {{ . | first | value }}{{ end }} endpoints of the site',
+              'reporting their own MpCmdRun/mdatp verdict agree{{ with printf "defender:maps_endpoints_failing:count_by_hresult_cause{instance=%q}" $labels.instance | query }}; failing:{{ range $i, $s := sortByLabel "hresult" . }}{{ if $i }},{{ end }} {{ $s.Value }} with hr={{ or $s.Labels.hresult "none" }}{{ with $s.Labels.cause }} ({{ . }}){{ end }}{{ end }}{{ end }}.',
+              "Until the runbook's checks explain the difference, neither the dashboard nor the endpoints' own result is the whole truth for this site.",
+            ],
+          ),
+        ],
+      },
     ],
   },
 }

@@ -27,6 +27,12 @@
     sslOptionsDefault: 3,  // DefenderHostSSLOptionsWeakened: Windows' default SSLOptions value
     revocationCachedFor: '10m',  // DefenderMAPSRevocationCachedOnly: endpoints pass only on cached revocation data
 
+    // The emulation against the endpoints' own MAPS verdicts (textfile mode, host mode), per site.
+    endpointSources: 'mpcmdrun|mdatp',  // `source` of the endpoints' series
+    endpointReportMaxAgeSeconds: 1800,  // a textfile older than this (three 10-minute runs) no longer counts
+    agreementRatioMin: 0.5,  // DefenderEmulationDisagreesWithEndpoints: share of reporting endpoints agreeing
+    agreementFor: '30m',  // DefenderEmulationDisagreesWithEndpoints: three textfile runs
+
     // Range of the recording rules' rate() over the latency histogram (>= 4 x the scrape interval).
     latencyRateWindow: '5m',
 

@@ -13,6 +13,11 @@ local lib = import 'lib.libsonnet';
   local selG = sel + ', group=~"$group"',
   local selT = selG + ', target=~"$target", route=~"$route"',
 
+  // Columns of "Emulation vs endpoints per site": recording rule, column name.
+  local agreementColumns = ['defender:maps_emulated_valid:min', 'defender:maps_endpoints_reporting:count',
+                            'defender:maps_endpoints_failing:count', 'defender:maps_endpoints_agreeing:ratio'],
+  local agreementNames = ['emulated MAPS', 'endpoints reporting', 'endpoints failing', 'agreeing'],
+
   local variables(detail) = [
     lib.datasourceVariable,
     lib.queryVariable('job', 'Job', 'defender_exporter_build_info', c.jobSelector),
@@ -86,6 +91,49 @@ local lib = import 'lib.libsonnet';
       lib.at(24, 9, lib.infoTable(
         'Currently failing targets', 'Every target whose last probe failed, with the reason.',
         'defender_probe_failure_reason{%s} == 1' % selG, hide=['job'], links=detailDataLink,
+      )),
+      lib.row('Emulation vs endpoints'),
+      lib.at(12, 7, lib.panel(
+        'table', 'Emulation vs endpoints per site',
+        "Each exporter's emulated MAPS verdict next to the own verdicts (MpCmdRun / mdatp, through textfile "
+        + 'mode) of the endpoints of its site: how many report, how many fail, and the share whose verdict '
+        + 'is the emulation\'s. Reports older than %d minutes do not count.' % (c.endpointReportMaxAgeSeconds / 60),
+        [lib.target('%s{%s}' % [record, sel], instant=true, table=true) for record in agreementColumns],
+        overrides=[
+          { matcher: { id: 'byName', options: 'emulated MAPS' },
+            properties: [{ id: 'mappings', value: lib.okFail }, { id: 'thresholds', value: lib.redGreen },
+                         { id: 'color', value: { mode: 'thresholds' } },
+                         { id: 'custom.cellOptions', value: { type: 'color-background' } }] },
+          { matcher: { id: 'byName', options: 'agreeing' },
+            properties: [{ id: 'unit', value: 'percentunit' }, { id: 'thresholds', value: lib.ratioSteps },
+                         { id: 'color', value: { mode: 'thresholds' } },
+                         { id: 'custom.cellOptions', value: { type: 'color-background' } }] },
+        ],
+        options={ showHeader: true, cellHeight: 'sm', frameIndex: 0,
+                  sortBy: [{ displayName: 'agreeing', desc: false }] },
+        custom={ align: 'auto', cellOptions: { type: 'auto' }, filterable: true, inspect: false },
+        transformations=[
+          { id: 'merge', options: {} },
+          { id: 'organize', options: {
+            excludeByName: { Time: true, job: true },
+            renameByName: { ['Value #' + std.char(std.codepoint('A') + i)]: agreementNames[i]
+                            for i in std.range(0, std.length(agreementNames) - 1) },
+          } },
+        ],
+      )),
+      lib.at(12, 7, lib.infoTable(
+        'Failing endpoints by hresult and cause',
+        'Endpoints whose own MpCmdRun -ValidateMapsConnection or mdatp connectivity test fails, counted per '
+        + 'site by the hresult they printed and its cause (textfile mode, docs/deployment.md).',
+        'defender:maps_endpoints_failing:count_by_hresult_cause{%s}' % sel,
+        hide=['job'], valueName='endpoints', sortBy=site,
+      )),
+      lib.at(24, 7, lib.timeseries(
+        'Endpoints agreeing with the emulation',
+        "Share of the reporting endpoints of each exporter's site whose own MAPS verdict is the emulated one "
+        + '(DefenderEmulationDisagreesWithEndpoints below %d%% for %s).' % [c.agreementRatioMin * 100, c.agreementFor], [
+          lib.target('defender:maps_endpoints_agreeing:ratio{%s}' % sel, '{{%s}} {{instance}}' % site),
+        ], unit='percentunit',
       )),
       lib.row('Latency'),
       lib.at(12, 9, lib.timeseries(
