@@ -81,7 +81,10 @@ def test_corrupt_compressed_data_fails(tmp_path, pki):
     middle = len(body) - 40
     body[middle:middle + 8] = b"\xff" * 8
     result = check_ctl_cabinet(bytes(body), frozenset({_fp(pki.root.cert)}), [pki.root.cert])
-    assert result.problem is not None and result.problem.startswith("not a cabinet file:")
+    # Deflate may notice (corrupt data, wrong length) or decode garbage of the right length,
+    # which is then no PKCS#7: either way the file is refused, never passed.
+    assert result.problem is not None
+    assert result.problem.startswith("not a cabinet file:") or result.problem.endswith("is not PKCS#7 signed data")
 
 
 def test_a_cabinet_whose_file_is_not_pkcs7_fails(tmp_path, pki):
