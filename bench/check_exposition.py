@@ -27,7 +27,7 @@ async def main(args: argparse.Namespace) -> int:
     from exporter.config import parse_config
     from exporter.reasons import Reason
     from exporter.runtime import Exporter
-    from exporter.state import MapsVerdict, Outcome
+    from exporter.assess import MapsVerdict, Outcome
 
     lab = Lab.create()
     try:

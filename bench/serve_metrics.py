@@ -43,7 +43,7 @@ def _config_text(n: int, interval: float) -> str:
 def _outcome(i: int, now: float):
     from exporter.probes.result import CertFacts, ProbeResult, TLSFacts
     from exporter.reasons import Reason
-    from exporter.state import MapsVerdict, Outcome
+    from exporter.assess import MapsVerdict, Outcome
 
     rng = random.Random(i)
     leaf = CertFacts(b"leaf%d" % i, f"CN=t{i:05d}.bench.lab,O=Microsoft Corporation,L=Redmond,ST=WA,C=US",

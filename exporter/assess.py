@@ -23,12 +23,12 @@ is signed by one. The probe's reason (tls_untrusted, ...) and hresult stay;
 the verdict's cause becomes tls_inspection when the chain is intercepted. A
 chain left incomplete because its issuer could not be fetched is not judged.
 
-Time: the revocation stage has its own budget (see _revocation_budget), the
-certificates of a chain are checked concurrently, and within one certificate
-each URL but the last gets half the budget left (as Windows' accumulative
-revocation timeout does), so a hanging OCSP responder leaves time for the
-CRLs; a job ends within its timeout plus a few seconds, well inside the
-scheduler's safety margin.
+Time: the revocation stage has its own share of the job's budget
+(budget.JobBudget.revocation), the certificates of a chain are checked
+concurrently, and within one certificate each URL but the last gets half the
+budget left (as Windows' accumulative revocation timeout does), so a hanging
+OCSP responder leaves time for the CRLs; a job ends within its timeout plus a
+few seconds, before the scheduler stops waiting for it.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from .budget import FETCH_MARGIN
 from .causes import VERDICT_TABLE, Cause, Evidence, Finding, cause_for
 from .config import Config, ProbeJob, Route
 from .crl import CRLCache, RevocationStatus
@@ -52,7 +53,37 @@ from .probes._tls import TrustStore
 from .probes.pac import PacSandbox
 from .reasons import Reason
 from .routes import Hop, RouteBook, RouteFailure, static_label
-from .state import MapsVerdict, Outcome
+
+
+@dataclass(frozen=True)
+class MapsVerdict:
+    """Would `MpCmdRun -ValidateMapsConnection` succeed over this target?"""
+
+    valid: bool
+    source: str = "emulated"
+    reason: str = ""  # the probe's reason or a revocation/pinning finding
+    hresult: str = ""
+    cause: str = ""
+    detail: str = ""
+    # Which revocation source decided each certificate ("CN=...: ocsp http://..., CN=...: crl http://...").
+    revocation: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Everything learnt from one run of a job: the probe and its assessment."""
+
+    probe: ProbeResult
+    # Revocation and pinning (None: not judged, e.g. plain HTTP or turned off).
+    revoked: bool | None = None
+    intercepted: bool | None = None
+    maps: MapsVerdict | None = None
+    crl_urls: tuple[str, ...] = ()
+    # The proxy that carried the probe (DIRECT, or host:port); "" when none was chosen.
+    proxy: str = ""
+    # The endpoint cache model: until when an endpoint that fetched the chain's revocation data
+    # when it still could keeps passing (None: unknown, e.g. nothing good fetched yet).
+    revocation_valid_until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -90,13 +121,6 @@ class ChainRevocation:
 _WORST_FIRST = ("revoked", "unreachable", "invalid", "stale", "no_info")
 
 
-# Over the group's timeout, the most a job may spend on revocation after a slow
-# probe (the scheduler drops a job at timeout + 5 s).
-REVOCATION_GRACE = 4.0
-REVOCATION_MIN_BUDGET = 1.0
-# A CRL fetch ends this long before the revocation stage's deadline, on its own timeout.
-FETCH_MARGIN = 0.1
-
 _STATUS_FINDING = {
     "revoked": Finding.CERT_REVOKED,
     "unreachable": Finding.CRL_UNREACHABLE,
@@ -129,6 +153,8 @@ class Assessor:
         self.ocsp_cache.reconfigure(config.limits, config.connect_to)
         self._roots: dict[bytes, x509.Certificate] | None = None
         self._judgements: OrderedDict[tuple[int, bytes, bytes], tuple[object, RevocationStatus, float]] = OrderedDict()
+        # Parsed certificates by DER: the same chains come back on every probe.
+        self._parsed: OrderedDict[bytes, x509.Certificate] = OrderedDict()
 
     @property
     def system_route(self) -> Route:
@@ -151,7 +177,7 @@ class Assessor:
         revocation: ChainRevocation | None = None
         intercepted: bool | None = None
         if tls is not None and tls.verified:
-            budget = _revocation_budget(job.group.timeout, probe.duration)
+            budget = job.budget.revocation(probe.duration)
             revocation = await self.check_revocation(job, tls.verified_path, trace=trace, budget=budget)
             if job.group.expected_roots:
                 intercepted = bytes.fromhex(tls.verified_path[-1].fingerprint_sha256) not in job.group.expected_roots
@@ -197,7 +223,7 @@ class Assessor:
         "unreachable" (timed out). The cache model (cached_until) is computed alongside."""
         budget = job.group.timeout if budget is None else budget
         system = self.system_route
-        certs = [_certificate(f.der) for f in path]
+        certs = [self._certificate(f.der) for f in path]
         deadline = time.monotonic() + budget
         plans: dict[str, tuple[Hop, ...] | RouteFailure] = {}
         used: dict[str, Hop] = {}  # the hop that carried each URL's check
@@ -359,6 +385,15 @@ class Assessor:
             self._judgements.popitem(last=False)
         return status
 
+    def _certificate(self, der: bytes) -> x509.Certificate:
+        """Parse a DER certificate once: the same chain comes back on every probe."""
+        cert = self._parsed.get(der)
+        if cert is None:
+            cert = self._parsed[der] = x509.load_der_x509_certificate(der)
+            if len(self._parsed) > _PARSED_KEPT:
+                self._parsed.popitem(last=False)
+        return cert
+
     def _presented_reaches_expected_root(self, presented: tuple[CertFacts, ...], expected: frozenset[bytes]) -> bool:
         roots = [cert for fp, cert in self._known_roots().items() if fp in expected]
         for facts in presented:
@@ -477,23 +512,6 @@ def _no_decision(failures: list[RevocationStatus]) -> RevocationStatus:
 
 _JUDGEMENTS_KEPT = 4096
 _PARSED_KEPT = 4096
-_parsed: OrderedDict[bytes, x509.Certificate] = OrderedDict()
-
-
-def _certificate(der: bytes) -> x509.Certificate:
-    """Parse a DER certificate once: the same chain comes back on every probe."""
-    cert = _parsed.get(der)
-    if cert is None:
-        cert = _parsed[der] = x509.load_der_x509_certificate(der)
-        if len(_parsed) > _PARSED_KEPT:
-            _parsed.popitem(last=False)
-    return cert
-
-
-def _revocation_budget(timeout: float, probe_duration: float) -> float:
-    """Seconds the revocation stage may take: the group's timeout, but no more
-    than what keeps probe + revocation within timeout + REVOCATION_GRACE."""
-    return max(REVOCATION_MIN_BUDGET, min(timeout, timeout + REVOCATION_GRACE - probe_duration))
 
 
 def _left(deadline: float) -> float:

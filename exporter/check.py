@@ -26,10 +26,10 @@ import sys
 from collections import Counter
 from typing import TextIO
 
+from .assess import MapsVerdict, Outcome
 from .causes import REMEDIES, Cause
 from .causes import mpcmdrun_line as failure_line
 from .config import ConfigError, load_config
-from .state import MapsVerdict, Outcome
 from .wording import plural
 
 JSON_FORMAT_VERSION = 1

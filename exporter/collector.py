@@ -25,8 +25,9 @@ from .config import ProbeJob
 from .crl import CRLCache
 from .exposition import ExpositionCache, Sample
 from .hostside import host_samples
+from .assess import Outcome
 from .ocsp import OCSPCache
-from .state import JobStats, Outcome, ResultStore
+from .state import JobStats, ResultStore
 
 
 def target_samples(job: ProbeJob, stats: JobStats | None, outcome: Outcome | None) -> Iterator[Sample]:
@@ -36,6 +37,7 @@ def target_samples(job: ProbeJob, stats: JobStats | None, outcome: Outcome | Non
     if stats is not None:
         yield m.PROBES_TOTAL, base + ("success",), stats.successes
         yield m.PROBES_TOTAL, base + ("failure",), stats.failures
+        yield m.PROBES_SKIPPED, base, stats.skipped
     if outcome is None:
         return
     probe = outcome.probe

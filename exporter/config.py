@@ -26,6 +26,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from .budget import JobBudget
 from .cabundle import read_bundle
 from .catalogue import CONFIG_SOURCE, CONNECTIVITY_PROFILES, REGIONS, builtin_catalogue, catalogue_groups
 from .hostside.collector import MODES as HOST_MODES
@@ -257,6 +258,10 @@ class ProbeJob:
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.group.name, self.target.url, self.route.name)
+
+    @property
+    def budget(self) -> JobBudget:
+        return JobBudget(self.group.timeout)
 
 
 @dataclass(frozen=True)

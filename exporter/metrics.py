@@ -89,6 +89,10 @@ PROBE_LAST_RUN = _spec(
 PROBES_TOTAL = _spec(
     "defender_probes_total", "counter",
     "Probes run since the exporter started, by result.", TARGET_LABELS + ("result",))
+PROBES_SKIPPED = _spec(
+    "defender_probes_skipped_total", "counter",
+    "Slots of the interval in which the target was not probed because its previous probe was still "
+    "running (it takes longer than the interval).", TARGET_LABELS)
 PROBE_LATENCY = _spec(
     "defender_probe_latency_seconds", "histogram",
     "Wall time of every probe since the exporter started, per group and route (per target: "

@@ -38,10 +38,8 @@ from . import metrics as m
 from .collector import target_samples
 from .config import Config, ProbeJob
 from .reasons import REASON_DESCRIPTIONS, Reason
-from .state import JobStats, Outcome
-
-# Over the group's timeout: CRL and AIA fetches of the assessment take their own time.
-ASSESS_MARGIN = 5.0
+from .assess import Outcome
+from .state import JobStats
 
 
 @dataclass(frozen=True)
@@ -189,10 +187,10 @@ async def run(exporter, job: ProbeJob) -> OnDemandProbe:
     result = OnDemandProbe(job, started=time.time())
     assessor, env = exporter.assessor, exporter.env  # a reload during the probe does not mix configs
     try:
-        async with asyncio.timeout(job.group.timeout + ASSESS_MARGIN):
+        async with asyncio.timeout(job.budget.hard):
             result.outcome = await assessor.run(job, env, trace=result.log.append)
     except TimeoutError:
-        result.error = f"the probe and its assessment overran {job.group.timeout + ASSESS_MARGIN:.0f} s"
+        result.error = f"the probe and its assessment overran {job.budget.hard:.0f} s"
     return result
 
 

@@ -4,9 +4,10 @@
   a turn of the event loop), so a new user sees results within seconds.
 - After that each job keeps a fixed slot in its interval: the jobs of one
   interval are spread evenly over it, so there is no thundering herd.
-- A global semaphore bounds probes in flight; each probe has its own deadline
-  (the prober's timeout, with a safety net here), so a hanging endpoint holds
-  one slot for at most its timeout and never delays /metrics.
+- A global semaphore bounds probes in flight; each job has its own time
+  budget (budget.py: the probe's timeout, its assessment's share, and the
+  hard limit this scheduler waits), so a hanging endpoint holds one slot for
+  at most its budget and never delays /metrics.
 - Results land in a ResultStore as immutable objects; a scrape only reads it.
 """
 
@@ -52,8 +53,6 @@ SCRAPE_HOLD = 0.1
 SCRAPE_HOLD_AGE = 1.0
 # After its first probe, a job's next slot is at least this part of its interval away.
 FIRST_GAP = 0.5
-# Over the probe's own timeout, how long before the scheduler gives up on it.
-SAFETY_MARGIN = 5.0
 
 JobRunner = Callable[[ProbeJob, ProbeEnv], Awaitable[object]]
 
@@ -252,7 +251,7 @@ class Scheduler:
     async def _probe(self, job: ProbeJob, semaphore: asyncio.Semaphore) -> None:
         env = self.env
         try:
-            async with asyncio.timeout(job.group.timeout + SAFETY_MARGIN):
+            async with asyncio.timeout(job.budget.hard):
                 outcome = await self.runner(job, env)
         except TimeoutError:
             log.error("probe of %s on route %s overran its timeout; its result is dropped", job.target.url, job.route.name)

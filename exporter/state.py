@@ -13,40 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from .assess import Outcome
 from .config import ProbeJob
 from .metrics import LAG_BUCKETS, LATENCY_BUCKETS
 from .probes import ProbeResult
-
-
-@dataclass(frozen=True)
-class MapsVerdict:
-    """Would `MpCmdRun -ValidateMapsConnection` succeed over this target?"""
-
-    valid: bool
-    source: str = "emulated"
-    reason: str = ""  # the probe's reason or a revocation/pinning finding
-    hresult: str = ""
-    cause: str = ""
-    detail: str = ""
-    # Which revocation source decided each certificate ("CN=...: ocsp http://..., CN=...: crl http://...").
-    revocation: str = ""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """Everything learnt from one run of a job."""
-
-    probe: ProbeResult
-    # Revocation and pinning (None: not judged, e.g. plain HTTP or turned off).
-    revoked: bool | None = None
-    intercepted: bool | None = None
-    maps: MapsVerdict | None = None
-    crl_urls: tuple[str, ...] = ()
-    # The proxy that carried the probe (DIRECT, or host:port); "" when none was chosen.
-    proxy: str = ""
-    # The endpoint cache model: until when an endpoint that fetched the chain's revocation data
-    # when it still could keeps passing (None: unknown, e.g. nothing good fetched yet).
-    revocation_valid_until: float | None = None
 
 
 class Histogram:

@@ -17,7 +17,7 @@ import yaml
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from exporter.config import Config, load_config
-from exporter.state import Outcome
+from exporter.assess import Outcome
 
 from exporter.catalogue import catalogue_groups
 

@@ -69,7 +69,7 @@ def test_cached_exposition_matches_prometheus_client_and_gzip_is_one_member(tmp_
 def _made_up_outcome(i: int, *, ok: bool):
     from exporter.probes.result import CertFacts, ProbeResult, TLSFacts
     from exporter.reasons import Reason
-    from exporter.state import MapsVerdict, Outcome
+    from exporter.assess import MapsVerdict, Outcome
 
     leaf = CertFacts(b"leaf", f'CN=t{i}.lab,O="quoted\\\\name"', "CN=Lab CA", f"{i:04X}", "%064x" % i, 1.7e9, 1.8e9)
     tls = TLSFacts("TLSv1.3", "TLS_AES_128_GCM_SHA256", (leaf,), (leaf,) if ok else ())
@@ -106,8 +106,11 @@ def test_cached_exposition_follows_reloads_that_add_remove_and_reorder_jobs():
     check(exporter)  # jobs without results
     for i, job in enumerate(jobs[:4]):
         exporter.store.record(job, _made_up_outcome(i, ok=i % 2 == 0))
+    exporter.store.count_skipped(jobs[1].key)
+    exporter.store.record(jobs[1], _made_up_outcome(1, ok=False))  # (a new result re-renders the job)
     before = check(exporter)
     assert 'defender_probe_success{group="maps",route="defender",target="https://t1.wd.microsoft.com/"} 0.0' in before
+    assert 'defender_probes_skipped_total{group="maps",route="defender",target="https://t1.wd.microsoft.com/"} 1.0' in before
 
     # Reload: t0 and t2 dropped, t5 and t4 added in front, the rest reordered.
     exporter.store.set_jobs([jobs[5], jobs[3], jobs[4], jobs[1]])

@@ -33,7 +33,8 @@ from exporter.hostside import collect_host, emulated_evidence
 from exporter.hostside.mpcmdrun import parse_validate_maps
 from exporter.probes import CertFacts, ProbeResult, TLSFacts
 from exporter.reasons import Reason
-from exporter.state import Outcome, ResultStore
+from exporter.assess import Outcome
+from exporter.state import ResultStore
 
 MAPS = "https://wdcp.microsoft.com/"
 

@@ -430,16 +430,19 @@ def test_hanging_crl_servers_cost_one_budget_not_one_timeout_each(tmp_path, lab_
 
 
 def test_revocation_budget():
-    from exporter.assess import REVOCATION_GRACE, _revocation_budget
+    from exporter.budget import ASSESSMENT_GRACE, JobBudget
 
-    assert _revocation_budget(10, 0.1) == 10  # a fast probe leaves the whole timeout
-    assert _revocation_budget(10, 10) == REVOCATION_GRACE  # a slow one leaves the grace
-    assert _revocation_budget(1, 1) == 1
+    assert JobBudget(10).revocation(0.1) == 10  # a fast probe leaves the whole timeout
+    assert JobBudget(10).revocation(10) == ASSESSMENT_GRACE  # a slow one leaves the grace
+    assert JobBudget(1).revocation(1) == 1
 
 
-def test_revocation_grace_fits_the_schedulers_safety_margin():
-    """The scheduler drops a job at timeout + SAFETY_MARGIN: revocation must end before."""
-    from exporter.assess import REVOCATION_GRACE
-    from exporter.scheduler import SAFETY_MARGIN
+def test_a_job_that_keeps_its_budget_ends_before_its_waiters_give_up():
+    """The scheduler and /probe stop waiting at budget.hard: probe plus
+    revocation must end before, even after a probe that overran a little."""
+    from exporter.budget import JobBudget
 
-    assert REVOCATION_GRACE < SAFETY_MARGIN
+    for timeout in (0.5, 1, 10, 60):
+        budget = JobBudget(timeout)
+        for probe_took in (0.0, timeout / 2, timeout, timeout + 0.5):
+            assert probe_took + budget.revocation(probe_took) < budget.hard, (timeout, probe_took)

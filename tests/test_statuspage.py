@@ -15,7 +15,8 @@ from support import ExporterThread, lab_config, root_fingerprint
 from conftest import free_port
 from exporter.config import load_config
 from exporter.probes import ProbeResult
-from exporter.state import MapsVerdict, Outcome, ResultStore
+from exporter.assess import MapsVerdict, Outcome
+from exporter.state import ResultStore
 from exporter.statuspage import render_status
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
