@@ -72,7 +72,6 @@ def serve(args: argparse.Namespace) -> None:
         uvloop.install()
     from aiohttp import web as aioweb
 
-    from exporter import gcpolicy
     from exporter.config import parse_config
     from exporter.runtime import Exporter
     from exporter.web import make_app
@@ -97,7 +96,7 @@ def serve(args: argparse.Namespace) -> None:
 
     async def main() -> None:
         # Full collections on the exporter's schedule, as `python -m exporter` runs them.
-        gcpolicy.FullCollections().start()
+        exporter.full_collections.start()
         runner = aioweb.AppRunner(make_app(exporter), access_log=None)
         await runner.setup()
         site = aioweb.TCPSite(runner, "127.0.0.1", args.port)

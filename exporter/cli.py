@@ -208,7 +208,6 @@ def _loop_factory(choice: str):
 async def _serve(config, web_config, args, host: str | None, port: int) -> int:
     from aiohttp import web
 
-    from .gcpolicy import FullCollections
     from .runtime import Exporter
     from .web import make_app
 
@@ -226,8 +225,7 @@ async def _serve(config, web_config, args, host: str | None, port: int) -> int:
         print(f"error: cannot listen on {args.listen_address}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     exporter.start()
-    full_collections = FullCollections()
-    full_collections.start()
+    exporter.full_collections.start()
     scheme = "https" if web_config and web_config.tls else "http"
     # No host: every address, IPv4 and IPv6, written as Prometheus writes it.
     log.info("listening on %s with %s from %s (event loop: %s)", http_url(scheme, host or "::", port),
@@ -246,7 +244,7 @@ async def _serve(config, web_config, args, host: str | None, port: int) -> int:
     signals.install(loop, stop.set, on_sighup)  # Windows: Ctrl+C / Ctrl+Break, reload by /-/reload
     await stop.wait()
     log.info("shutting down")
-    full_collections.stop()
+    exporter.full_collections.stop()
     try:
         async with asyncio.timeout(SHUTDOWN_GRACE):
             await exporter.stop()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import platform
 import time
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -27,7 +27,10 @@ from .exposition import ExpositionCache, Sample
 from .hostside import host_samples
 from .assess import Outcome
 from .ocsp import OCSPCache
-from .state import JobStats, ResultStore
+from .state import JobStats
+
+if TYPE_CHECKING:
+    from .runtime import Exporter
 
 
 def target_samples(job: ProbeJob, stats: JobStats | None, outcome: Outcome | None) -> Iterator[Sample]:
@@ -77,19 +80,16 @@ def target_samples(job: ProbeJob, stats: JobStats | None, outcome: Outcome | Non
 
 
 class DefenderCollector(Collector):
-    """The store's series; owns the exposition cache that /metrics is served from."""
+    """The series of one running exporter (runtime.Exporter: its store, CRL
+    cache, reload status and host snapshot); owns the exposition cache that
+    /metrics is served from."""
 
-    def __init__(self, store: ResultStore, *, crl_cache: CRLCache | None = None,
-                 ocsp_cache: OCSPCache | None = None,
-                 route_samples: Callable[[], Iterable[Sample]] | None = None):
-        self.store = store
-        self.crl_cache = crl_cache
-        self.ocsp_cache = ocsp_cache
-        # The PAC fetch and evaluation series of the running configuration's routes.
-        self.route_samples = route_samples
+    def __init__(self, exporter: "Exporter"):
+        self.exporter = exporter
+        self.store = exporter.store
         # Hooked to the store now, so each job's lines are written as its results
         # arrive, not all at the first scrape.
-        self.cache = ExpositionCache(store, self.job_samples)
+        self.cache = ExpositionCache(self.store, self.job_samples)
 
     def job_samples(self, key: tuple) -> Iterator[Sample]:
         store = self.store
@@ -102,16 +102,13 @@ class DefenderCollector(Collector):
 
     def live_samples(self) -> Iterator[Sample]:
         """Every sample but the per-job ones: formatted at each scrape."""
-        store = self.store
+        store, exporter = self.store, self.exporter
         for (group, route), histogram in store.latency.items():
             yield m.PROBE_LATENCY, (group, route), histogram
-        yield from host_samples(store.host_snapshot)
-        if self.crl_cache is not None:
-            yield from self._crl_samples(self.crl_cache)
-        if self.ocsp_cache is not None:
-            yield from self._ocsp_samples(self.ocsp_cache)
-        if self.route_samples is not None:
-            yield from self.route_samples()
+        yield from host_samples(exporter.host_snapshot)
+        yield from self._crl_samples(exporter.assessor.crl_cache)
+        yield from self._ocsp_samples(exporter.assessor.ocsp_cache)
+        yield from exporter.assessor.routes.samples()
         yield m.BUILD_INFO, (__version__, platform.python_version()), 1
         per_group: dict[str, int] = {}
         for job in store.jobs.values():
@@ -119,8 +116,8 @@ class DefenderCollector(Collector):
         for group, count in sorted(per_group.items()):
             yield m.EXPORTER_TARGETS, (group,), count
         yield m.SCHEDULER_LAG, (), store.lag
-        yield m.CONFIG_RELOAD_SUCCESSFUL, (), store.reload_successful
-        yield m.CONFIG_RELOAD_TIMESTAMP, (), store.reload_success_timestamp
+        yield m.CONFIG_RELOAD_SUCCESSFUL, (), exporter.reload_successful
+        yield m.CONFIG_RELOAD_TIMESTAMP, (), exporter.reload_success_timestamp
 
     @staticmethod
     def _crl_samples(crls: CRLCache) -> Iterator[Sample]:

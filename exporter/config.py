@@ -16,6 +16,7 @@ import difflib
 import hashlib
 import ipaddress
 import re
+import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -29,8 +30,6 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from .budget import JobBudget
 from .cabundle import read_bundle
 from .catalogue import CONFIG_SOURCE, CONNECTIVITY_PROFILES, REGIONS, builtin_catalogue, catalogue_groups
-from .hostside.collector import MODES as HOST_MODES
-from .hostside.collector import HostConfig
 
 DEFAULT_INTERVAL = 60.0
 DEFAULT_TIMEOUT = 10.0
@@ -262,6 +261,30 @@ class ProbeJob:
     @property
     def budget(self) -> JobBudget:
         return JobBudget(self.group.timeout)
+
+
+HOST_MODES = ("windows", "mdatp", "auto")
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """The ``host:`` section: Defender's own tools on this machine (hostside/), off by default."""
+
+    enabled: bool = False
+    interval: float = 600.0  # seconds between collections
+    timeout: float = 120.0   # seconds per command
+    mpcmdrun: str = r"C:\Program Files\Windows Defender\MpCmdRun.exe"
+    netsh: str = "netsh"
+    reg: str = "reg"
+    powershell: str = "powershell"
+    mdatp: str = "mdatp"
+    mode: str = "auto"  # windows | mdatp | auto (by platform)
+
+    def effective_mode(self, platform: str | None = None) -> str:
+        """``windows`` or ``mdatp`` (``auto`` resolved by ``sys.platform``)."""
+        if self.mode != "auto":
+            return self.mode
+        return "windows" if (platform or sys.platform).startswith("win") else "mdatp"
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from .config import ConnectTo, Limits, Route
 from .probes.content import load_crl
 from .probes.fetch import CRYPTNET_REDIRECTS, fetch
 from .reasons import Reason
+from .utc import iso
 
 log = logging.getLogger("exporter.crl")
 
@@ -187,7 +188,7 @@ class CRLCache:
         if not self._signature_ok(doc, issuer):
             return RevocationStatus("invalid", check.url, "CRL signature does not verify against the issuer's key")
         if doc.next_update is not None and doc.next_update < now:
-            return RevocationStatus("stale", check.url, f"nextUpdate {_iso(doc.next_update)} has passed")
+            return RevocationStatus("stale", check.url, f"nextUpdate {iso(doc.next_update)} has passed")
         until = doc.next_update if doc.next_update is not None else math.inf  # no nextUpdate: the last CRL
         if doc.crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
             return RevocationStatus("revoked", check.url, f"serial {cert.serial_number:X} is on the CRL",
@@ -253,7 +254,3 @@ def _http_date(value: str | None) -> str | None:
     except (TypeError, ValueError):
         return None
     return value
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

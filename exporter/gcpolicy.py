@@ -25,9 +25,6 @@ FULL_COLLECTION_INTERVAL = 60.0
 # A generation-2 threshold the count of generation-1 collections never reaches.
 _NEVER = 1 << 30
 
-_active: "FullCollections | None" = None
-
-
 class FullCollections:
     """Replaces CPython's own trigger for full collections by a schedule."""
 
@@ -38,14 +35,12 @@ class FullCollections:
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
-        global _active
         if self._task is not None:
             return
         self._saved = gc.get_threshold()
         gc.set_threshold(self._saved[0], self._saved[1], _NEVER)
         self.due = time.monotonic() + self.interval
         self._task = asyncio.get_running_loop().create_task(self._run(), name="full-gc")
-        _active = self
 
     def collect(self) -> None:
         gc.collect()
@@ -58,20 +53,19 @@ class FullCollections:
             if time.monotonic() >= self.due + self.interval / 2:
                 self.collect()
 
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
+    def scrape_finished(self) -> None:
+        """Called after a /metrics response went out: a quiet moment to collect, if one is due."""
+        if self.running and time.monotonic() >= self.due:
+            self.collect()
+
     def stop(self) -> None:
-        global _active
         if self._task is not None:
             self._task.cancel()
             self._task = None
         if self._saved is not None:
             gc.set_threshold(*self._saved)
             self._saved = None
-        if _active is self:
-            _active = None
-
-
-def scrape_finished() -> None:
-    """Called after a /metrics response went out: a quiet moment to collect."""
-    policy = _active
-    if policy is not None and time.monotonic() >= policy.due:
-        policy.collect()

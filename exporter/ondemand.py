@@ -29,17 +29,17 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
 from urllib.parse import urlsplit
 
 from .causes import REMEDIES, Cause
-from .exposition import render as render_samples
 from . import metrics as m
+from .assess import Outcome
 from .collector import target_samples
 from .config import Config, ProbeJob
+from .exposition import render as render_samples
 from .reasons import REASON_DESCRIPTIONS, Reason
-from .assess import Outcome
 from .state import JobStats
+from .utc import iso
 
 
 @dataclass(frozen=True)
@@ -207,9 +207,6 @@ def exposition(probe: OnDemandProbe) -> bytes:
 # --------------------------------------------------------------------------- debug text
 
 
-def _utc(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
 
 def _days(seconds: float) -> str:
     days = seconds / 86400
@@ -224,7 +221,7 @@ def render_debug(probe: OnDemandProbe, redact: Redactor) -> str:
     add(f"On-demand probe of {job.target.url}")
     add(f"  group {job.group.name}, route {job.route.name} "
         f"({'proxy ' + proxy.redacted() if proxy else 'direct'}), timeout {job.group.timeout:g} s")
-    add(f"  started {_utc(probe.started)}")
+    add(f"  started {iso(probe.started)}")
     add("")
     add("== Log ==")
     out.extend(probe.log or ["(nothing logged)"])
@@ -253,8 +250,8 @@ def render_debug(probe: OnDemandProbe, redact: Redactor) -> str:
             for depth, cert in enumerate(tls.presented):
                 add(f"  [{depth}] subject:     {cert.subject}")
                 add(f"      issuer:      {cert.issuer}")
-                add(f"      notBefore:   {_utc(cert.not_before)}")
-                add(f"      notAfter:    {_utc(cert.not_after)} ({_days(cert.not_after - time.time())})")
+                add(f"      notBefore:   {iso(cert.not_before)}")
+                add(f"      notAfter:    {iso(cert.not_after)} ({_days(cert.not_after - time.time())})")
                 add(f"      serial:      {cert.serial}")
                 add(f"      sha256:      {cert.fingerprint_sha256}")
                 for url in cert.crl_urls:

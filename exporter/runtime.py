@@ -10,13 +10,15 @@ import asyncio
 import dataclasses
 import logging
 import ssl
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .assess import Assessor
 from .collector import DefenderCollector
-from .config import Config, ConfigError, load_config
-from .hostside import HostConfig, collect_host, emulated_evidence
+from .config import Config, ConfigError, HostConfig, load_config
+from .gcpolicy import FullCollections
+from .hostside import HostSnapshot, collect_host, emulated_evidence
 from .webconfig import WebConfig, WebConfigError, load_web_config
 from .wording import plural
 from .ondemand import Redactor
@@ -43,15 +45,38 @@ class Exporter:
         self.assessor = Assessor(config, trust=self.env.trust)
         self.scheduler = Scheduler(self.store, self.env, config.jobs(), concurrency=config.concurrency,
                                    runner=self._run_job)
-        self.store.mark_reload(True)
+        # The exporter's own state, beside the store's results.
+        self.first_jobs = frozenset(self.store.jobs)  # /-/ready waits for these
+        self._ready = False
+        self.reload_successful = True
+        self.reload_success_timestamp = time.time()
+        self.host_snapshot: HostSnapshot | None = None  # the host collectors' latest, when they run
         # Info lines on what changed, a summary after the first round (exporter/statelog.py).
-        self.state_log = StateLog(self.store, redact=Redactor(config))
-        self.collector = DefenderCollector(self.store, crl_cache=self.assessor.crl_cache,
-                                           ocsp_cache=self.assessor.ocsp_cache,
-                                           route_samples=lambda: self.assessor.routes.samples())
+        self.state_log = StateLog(self.store, ready=lambda: self.ready, redact=Redactor(config))
+        self.collector = DefenderCollector(self)
+        # Started by whoever serves (cli): it takes over the process's full collections.
+        self.full_collections = FullCollections()
         self._task: asyncio.Task | None = None
         self._host_task: asyncio.Task | None = None
         self._reload_lock = asyncio.Lock()
+
+    @property
+    def ready(self) -> bool:
+        """True once every job of the first configuration has a result (or was
+        removed by a reload); it stays true."""
+        if not self._ready:
+            store = self.store
+            self._ready = all(key in store.latest or key not in store.jobs for key in self.first_jobs)
+        return self._ready
+
+    def first_round(self) -> tuple[int, int]:
+        """(jobs of the first configuration with a result, all of them)."""
+        return sum(1 for key in self.first_jobs if key in self.store.latest), len(self.first_jobs)
+
+    def _mark_reload(self, ok: bool) -> None:
+        self.reload_successful = ok
+        if ok:
+            self.reload_success_timestamp = time.time()
 
     async def _run_job(self, job, env):
         # Through self.assessor at call time, so a reload's new settings apply.
@@ -75,7 +100,7 @@ class Exporter:
             self._host_task = asyncio.get_running_loop().create_task(self._collect_host(self.config.host),
                                                                      name="host-collector")
         else:
-            self.store.host_snapshot = None
+            self.host_snapshot = None
 
     async def _collect_host(self, host: HostConfig) -> None:
         """Defender's own tools, on their own (longer) interval."""
@@ -83,7 +108,7 @@ class Exporter:
             try:
                 snapshot = await collect_host(host, evidence=emulated_evidence(self.store))
                 checks = host_route_checks(snapshot, self.config.routes)
-                self.store.host_snapshot = dataclasses.replace(snapshot, route_checks=checks)
+                self.host_snapshot = dataclasses.replace(snapshot, route_checks=checks)
                 for error in snapshot.errors:
                     log.warning("host collector: %s", error)
                 for route, expected, found in checks:
@@ -118,7 +143,7 @@ class Exporter:
                     new_web = await asyncio.to_thread(load_web_config, self.web_config_path)
                     self.web_config.update_from(new_web, self.web_ssl_context)
             except (ConfigError, WebConfigError) as exc:
-                self.store.mark_reload(False)
+                self._mark_reload(False)
                 log.error("config reload failed, keeping the running config: %s", exc)
                 return False, str(exc)
             self.config = config
@@ -127,7 +152,7 @@ class Exporter:
                                      trust=env.trust, pac_sandbox=self.assessor.routes.sandbox)
             self.state_log.redact = Redactor(config)
             self.scheduler.set_jobs(config.jobs(), env=env, concurrency=config.concurrency)
-            self.store.mark_reload(True)
+            self._mark_reload(True)
             if self._task is not None:
                 self._restart_host_collector()
             log.info("config reloaded from %s: %s", config.source, plural(len(self.store.jobs), "probe job"))

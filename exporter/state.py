@@ -9,7 +9,6 @@ for jobs whose key (group, target, route) is unchanged.
 from __future__ import annotations
 
 import bisect
-import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -65,14 +64,9 @@ class ResultStore:
         # aggregate, while 15 lines per target were a third of /metrics.
         self.latency: dict[tuple[str, str], Histogram] = {}
         self.lag = Histogram(LAG_BUCKETS)
-        self.reload_successful = True
-        self.reload_success_timestamp = 0.0
-        self.initial_jobs: frozenset[tuple] = frozenset()
-        self._ready = False
-        self.host_snapshot = None  # exporter.hostside.HostSnapshot when the host collectors run
-        # Bumped on every change, so renderers can cache what did not change.
-        self.version = 0
-        # Per job: the `version` of its last change (result, counters or job).
+        self._changes = 0  # counts changes of jobs and results
+        # Per job: the number of the change that last touched it (its result,
+        # counters or job), so a renderer can tell what it has not seen yet.
         self.key_versions: dict[tuple, int] = {}
         # Called with a job's key after its result or its job changed (the
         # exposition cache renders that job's lines then, not at scrape time).
@@ -81,10 +75,10 @@ class ResultStore:
     def set_jobs(self, jobs: Iterable[ProbeJob]) -> None:
         old = self.jobs
         self.jobs = {job.key: job for job in jobs}
-        self.version += 1
+        self._changes += 1
         changed = [key for key, job in self.jobs.items() if old.get(key) is not job]
         for key in changed:
-            self.key_versions[key] = self.version
+            self.key_versions[key] = self._changes
         for key in list(self.key_versions):
             if key not in self.jobs:
                 del self.key_versions[key]
@@ -98,9 +92,6 @@ class ResultStore:
             self.stats.setdefault(key, JobStats())
         routes = {(job.group.name, job.route.name) for job in self.jobs.values()}
         self.latency = {gr: self.latency.get(gr) or Histogram(LATENCY_BUCKETS) for gr in sorted(routes)}
-        if not self.initial_jobs:
-            self.initial_jobs = frozenset(self.jobs)
-        self.version += 1
 
     def record(self, job: ProbeJob, outcome: Outcome | ProbeResult) -> None:
         if isinstance(outcome, ProbeResult):
@@ -116,10 +107,7 @@ class ResultStore:
         histogram = self.latency.get((job.group.name, job.route.name))
         if histogram is not None:
             histogram.observe(outcome.probe.duration)
-        self.version += 1
-        self.key_versions[job.key] = self.version
-        for listener in self.listeners:
-            listener(job.key)
+        self._touch(job.key)
 
     def observe_lag(self, seconds: float) -> None:
         self.lag.observe(seconds)
@@ -127,16 +115,10 @@ class ResultStore:
     def count_skipped(self, key: tuple) -> None:
         if key in self.stats:
             self.stats[key].skipped += 1
+            self._touch(key)
 
-    def mark_reload(self, ok: bool) -> None:
-        self.reload_successful = ok
-        if ok:
-            self.reload_success_timestamp = time.time()
-        self.version += 1
-
-    @property
-    def ready(self) -> bool:
-        """True once every job of the first configuration has a result."""
-        if not self._ready:
-            self._ready = all(key in self.latest or key not in self.jobs for key in self.initial_jobs)
-        return self._ready
+    def _touch(self, key: tuple) -> None:
+        self._changes += 1
+        self.key_versions[key] = self._changes
+        for listener in self.listeners:
+            listener(key)

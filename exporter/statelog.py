@@ -19,7 +19,8 @@ import logging
 from collections import Counter
 from typing import Callable
 
-from .state import MapsVerdict, Outcome, ResultStore
+from .assess import MapsVerdict, Outcome
+from .state import ResultStore
 from .wording import plural
 
 log = logging.getLogger("exporter")
@@ -44,8 +45,10 @@ def _where(job) -> str:
 
 
 class StateLog:
-    def __init__(self, store: ResultStore, *, redact: Callable[[str], str] = str) -> None:
+    def __init__(self, store: ResultStore, *, ready: Callable[[], bool],
+                 redact: Callable[[str], str] = str) -> None:
         self.store = store
+        self.ready = ready  # the first round is done (runtime.Exporter.ready)
         self.redact = redact  # removes configured proxy passwords from probe details
         self._targets: dict[tuple, _TargetState] = {}
         self._verdicts: dict[tuple, _VerdictState] = {}
@@ -72,7 +75,7 @@ class StateLog:
         if len(self._targets) > 2 * len(self.store.jobs) + 100:  # jobs removed by reloads
             self._forget_removed_jobs()
         if not self._summarised:
-            if self.store.ready:
+            if self.ready():
                 self._summarised = True
                 log.info("%s", self.summary())
             return

@@ -132,7 +132,8 @@ def _healthy(outcome) -> bool:
     return outcome is not None and outcome.probe.success and (outcome.maps is None or outcome.maps.valid)
 
 
-def render_status(config: Config, store: ResultStore, *, now: float | None = None) -> str:
+def render_status(config: Config, store: ResultStore, *, reload_successful: bool = True,
+                  now: float | None = None) -> str:
     now = time.time() if now is None else now
     redact = Redactor(config)
     jobs = list(store.jobs.values())
@@ -162,7 +163,7 @@ def render_status(config: Config, store: ResultStore, *, now: float | None = Non
         "<h1>Defender connectivity</h1>",
         f'<div class="meta">defender-connectivity-exporter {_e(__version__)} &middot; configuration '
         f"{_e(redact(config.source))} &middot; "
-        + ("last reload OK" if store.reload_successful else "<strong>LAST RELOAD FAILED</strong> (running the previous configuration)")
+        + ("last reload OK" if reload_successful else "<strong>LAST RELOAD FAILED</strong> (running the previous configuration)")
         + f' &middot; <a href="metrics">/metrics</a> &middot; <a href="config">/config</a>'
         f" &middot; page refreshes every {REFRESH_SECONDS} s</div>",
         f'<div class="banner {banner[0]}" id="summary">{_e(banner[1])}</div>',

@@ -21,7 +21,7 @@ import logging
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from . import gcpolicy, ondemand
+from . import ondemand
 from .basicauth import BasicAuth, Verdict
 from .ondemand import NotAllowed, ProbeLimits, RateLimiter, Redactor
 from .runtime import Exporter
@@ -144,7 +144,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     # The next scrape is a scrape interval away: a full collection in a
     # moment (once the transport has sent the last queued bytes), if one is
     # due, pauses nobody's scrape (gcpolicy.py).
-    asyncio.get_running_loop().call_later(GC_AFTER_SCRAPE, gcpolicy.scrape_finished)
+    asyncio.get_running_loop().call_later(GC_AFTER_SCRAPE, exporter.full_collections.scrape_finished)
     return response
 
 
@@ -153,11 +153,11 @@ async def healthy(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    store = request.app[EXPORTER_KEY].store
-    if store.ready:
+    exporter = request.app[EXPORTER_KEY]
+    if exporter.ready:
         return web.Response(text="Ready.\n")
-    done = sum(1 for key in store.initial_jobs if key in store.latest)
-    return web.Response(status=503, text=f"Not ready: first round {done}/{len(store.initial_jobs)} probes done.\n")
+    done, total = exporter.first_round()
+    return web.Response(status=503, text=f"Not ready: first round {done}/{total} probes done.\n")
 
 
 async def reload(request: web.Request) -> web.Response:
@@ -172,7 +172,7 @@ async def reload(request: web.Request) -> web.Response:
 
 async def status_page(request: web.Request) -> web.Response:
     exporter = request.app[EXPORTER_KEY]
-    page = render_status(exporter.config, exporter.store)
+    page = render_status(exporter.config, exporter.store, reload_successful=exporter.reload_successful)
     return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-store"})
 
 

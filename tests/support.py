@@ -186,7 +186,7 @@ class ExporterThread:
 
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if self.call(lambda: self.exporter.store.ready):
+            if self.call(lambda: self.exporter.ready):
                 return
             time.sleep(0.05)
         raise AssertionError("exporter not ready in time")

@@ -60,7 +60,7 @@ def test_a_due_full_collection_runs_after_a_scrape_not_before(tmp_path):
 
     from aiohttp import web as aioweb
 
-    from exporter import gcpolicy, web
+    from exporter import web
     from exporter.config import parse_config
     from exporter.runtime import Exporter
 
@@ -75,7 +75,7 @@ def test_a_due_full_collection_runs_after_a_scrape_not_before(tmp_path):
         await runner.setup()
         port = free_port()
         await aioweb.TCPSite(runner, "127.0.0.1", port).start()
-        policy = FullCollections(interval=4.0)  # due at 4 s, the backstop at 6 s
+        policy = exporter.full_collections = FullCollections(interval=4.0)  # due at 4 s, the backstop at 6 s
         policy.start()
         t0 = time.monotonic()
 
@@ -95,7 +95,7 @@ def test_a_due_full_collection_runs_after_a_scrape_not_before(tmp_path):
         finally:
             policy.stop()
             await runner.cleanup()
-        seen["inactive"] = gcpolicy._active is None
+        seen["inactive"] = not policy.running
 
     asyncio.run(main())
     assert seen["not_due_yet"] == 0

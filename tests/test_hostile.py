@@ -36,18 +36,17 @@ from lab.servers import (
     Truncated,
     refused_address,
 )
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from support import ExporterThread, lab_config, outcome_for
 
 from conftest import free_port
 from exporter import config as config_module
-from exporter.collector import DefenderCollector
 from exporter.config import ConfigError, load_config, parse_config
 from exporter.crl import _parse as parse_crl
 from exporter.probes._tls import TrustStore, cert_facts
 from exporter.reasons import Reason
-from exporter.state import ResultStore
+from exporter.runtime import Exporter
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 REASONS = {str(r) for r in Reason}
@@ -165,13 +164,9 @@ def test_absurd_certificate_fields_are_reported_not_fatal(tmp_path, lab_pki, lab
     assert outcome.probe.success, outcome.probe.detail
     assert len(outcome.probe.tls.presented[0].subject) > 10_000
     # ...and it renders as a metric label
-    config = load_config(path)
-    store = ResultStore()
-    store.set_jobs(config.jobs())
-    store.record(config.jobs()[0], outcome)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(DefenderCollector(store))
-    text = generate_latest(registry).decode()
+    exporter = Exporter(load_config(path))
+    exporter.store.record(exporter.config.jobs()[0], outcome)
+    text = generate_latest(exporter.collector).decode()
     assert "OU=159uuuu" in text or "159" + "u" * 60 in text
 
 
@@ -411,4 +406,4 @@ def test_hostile_clients_do_not_stop_the_web_server(tmp_path, lab_pki, lab_serve
             thread.join(2)
             for s in slow:
                 s.close()
-        assert exp.call(lambda: exp.exporter.store.ready)
+        assert exp.call(lambda: exp.exporter.ready)

@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 
 from exporter.causes import ARTICLE_HRESULTS, Cause
-from exporter.hostside import HostConfig, HostSnapshot, collect_host, host_samples
+from exporter.config import ConfigError, HostConfig, parse_config
+from exporter.hostside import HostSnapshot, collect_host, host_samples
 from exporter.hostside.collector import HostMaps, MDATP_TARGET, MPCMDRUN_TARGET
 from exporter.hostside.mdatp import parse_connectivity_test
 from exporter.hostside.mpcmdrun import cause_for_hresult, format_hresult, parse_validate_maps
@@ -252,16 +253,16 @@ def test_host_config_defaults_and_validation():
     assert (c.enabled, c.interval, c.timeout, c.mode) == (False, 600.0, 120.0, "auto")
     assert c.mpcmdrun == r"C:\Program Files\Windows Defender\MpCmdRun.exe"
     assert c.effective_mode("win32") == "windows" and c.effective_mode("linux") == "mdatp"
-    assert HostConfig.from_mapping({"enabled": True, "mode": "mdatp"}).mode == "mdatp"
-    assert HostConfig.from_mapping(None) == HostConfig()
-    with pytest.raises(ValueError, match=r"host: unknown key\(s\) intervall"):
-        HostConfig.from_mapping({"intervall": 5})
-    with pytest.raises(ValueError, match="host.mode: must be one of"):
-        HostConfig(mode="macos")
-    with pytest.raises(ValueError, match="host.timeout: must be a positive number"):
-        HostConfig(timeout=0)
-    with pytest.raises(ValueError, match="host.enabled"):
-        HostConfig.from_mapping({"enabled": "yes"})
+    # The `host:` section is validated with the rest of the config file (key paths in errors).
+    assert parse_config("host: {enabled: true, mode: mdatp}\n").host == HostConfig(enabled=True, mode="mdatp")
+    assert parse_config("interval: 60s\n").host == HostConfig()
+    for text, message in (("host: {intervall: 5s}", r"host\.intervall: unknown key"),
+                          ("host: {mode: macos}", r"host\.mode: expected one of windows, mdatp, auto"),
+                          ("host: {timeout: 0s}", r"host\.timeout: expected a duration above zero"),
+                          ("host: {enabled: 'yes'}", r"host\.enabled: expected true or false"),
+                          ("host: {netsh: ''}", r"host\.netsh: expected a non-empty string")):
+        with pytest.raises(ConfigError, match=message):
+            parse_config(text + "\n")
 
 
 # --- collect_host end to end ------------------------------------------------

@@ -160,7 +160,7 @@ def test_collect_host_uses_netsh_and_the_emulation(tmp_path, monkeypatch):
     import sys
     from pathlib import Path
 
-    from exporter.hostside import HostConfig
+    from exporter.config import HostConfig
 
     if sys.platform == "win32":
         pytest.skip("stand-ins are POSIX scripts")

@@ -40,7 +40,8 @@ def lab(tmp_path):
     store = ResultStore()
     store.set_jobs(config.jobs())
     jobs = {job.target.url: job for job in config.jobs()}
-    StateLog(store, redact=Redactor(config))
+    first_round = frozenset(store.jobs)
+    StateLog(store, ready=lambda: first_round <= set(store.latest), redact=Redactor(config))
     return store, jobs
 
 

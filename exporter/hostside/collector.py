@@ -14,7 +14,7 @@ picks ``windows`` on Windows and ``mdatp`` elsewhere.
 
 API::
 
-    cfg = HostConfig(enabled=True)                  # or HostConfig.from_mapping(yaml["host"])
+    cfg = HostConfig(enabled=True)                  # config.HostConfig: the `host:` section
     snapshot = await collect_host(cfg)              # never raises for a tool's sake
     samples = host_samples(snapshot)                # no I/O; call on every scrape
 
@@ -49,14 +49,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from exporter import metrics
 from exporter.causes import Cause, Evidence
+from exporter.config import HostConfig
 from exporter.metrics import MetricSpec
 
 from .mdatp import MdatpConnectivity, parse_connectivity_test
@@ -75,60 +75,10 @@ from .runner import RunResult, run_command
 from .signatures import parse_signature_age
 from .winhttp import WinHttpProxy, parse_winhttp_proxy
 
-MODES = ("windows", "mdatp", "auto")
 MPCMDRUN_TARGET = "MpCmdRun -ValidateMapsConnection"
 MDATP_TARGET = "mdatp connectivity test"
 REASON_MPCMDRUN = "mpcmdrun_failed"
 REASON_MDATP = "mdatp_failed"
-
-
-@dataclass(frozen=True)
-class HostConfig:
-    """The ``host:`` section. Keys of :meth:`from_mapping` are the field names."""
-
-    enabled: bool = False
-    interval: float = 600.0  # seconds between collections (used by the scheduler)
-    timeout: float = 120.0   # seconds per command
-    mpcmdrun: str = r"C:\Program Files\Windows Defender\MpCmdRun.exe"
-    netsh: str = "netsh"
-    reg: str = "reg"
-    powershell: str = "powershell"
-    mdatp: str = "mdatp"
-    mode: str = "auto"  # windows | mdatp | auto (by platform)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.enabled, bool):
-            raise ValueError(f"host.enabled: must be true or false, got {self.enabled!r}")
-        for name in ("interval", "timeout"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f"host.{name}: must be a positive number of seconds, got {v!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"host.mode: must be one of {', '.join(MODES)}, got {self.mode!r}")
-        for name in ("mpcmdrun", "netsh", "reg", "powershell", "mdatp"):
-            v = getattr(self, name)
-            if not isinstance(v, str) or not v.strip():
-                raise ValueError(f"host.{name}: must be a non-empty path or command name, got {v!r}")
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any] | None) -> "HostConfig":
-        """Build from the YAML ``host:`` mapping; unknown keys are rejected."""
-        if data is None:
-            return cls()
-        if not isinstance(data, Mapping):
-            raise ValueError(f"host: must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"host: unknown key(s) {', '.join(map(str, unknown))}; "
-                             f"known: {', '.join(sorted(known))}")
-        return cls(**dict(data))
-
-    def effective_mode(self, platform: str | None = None) -> str:
-        """``windows`` or ``mdatp`` (``auto`` resolved by ``sys.platform``)."""
-        if self.mode != "auto":
-            return self.mode
-        return "windows" if (platform or sys.platform).startswith("win") else "mdatp"
 
 
 @dataclass(frozen=True)

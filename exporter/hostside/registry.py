@@ -20,9 +20,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..config import SSL_OPTIONS_DEFAULT
+
 SPYNET_KEY = r"HKLM\SOFTWARE\Policies\Microsoft\Windows Defender\Spynet"
 DEFENDER_KEY = r"HKLM\SOFTWARE\Policies\Microsoft\Windows Defender"
-SSL_OPTIONS_DEFAULT = 3
 
 _VALUE = re.compile(r"^\s*(?P<name>\S.*?)\s+(?P<type>REG_[A-Z_0-9]+)(?:\s+(?P<data>.*?))?\s*$")
 _ABSENT = re.compile(r"unable\s+to\s+find\s+the\s+specified\s+registry\s+key\s+or\s+value", re.I)

@@ -37,6 +37,7 @@ from ..cabundle import SYSTEM as SYSTEM_BUNDLE
 from ..cabundle import parse_bundle, read_bundle
 from ..config import bundled_root_pems
 from ..reasons import Reason
+from ..utc import iso
 from .result import CertFacts, TLSFacts
 
 _FACTS_CACHE_SIZE = 8192
@@ -409,14 +410,11 @@ def _dates_problem(facts: list[CertFacts], now: float) -> str:
     """The first certificate outside its validity, in words a NOC can act on."""
     for depth, f in enumerate(facts):
         if f.not_after < now:
-            return f"certificate at depth {depth} ({f.subject}) expired at {_iso(f.not_after)}"
+            return f"certificate at depth {depth} ({f.subject}) expired at {iso(f.not_after)}"
         if f.not_before > now:
-            return f"certificate at depth {depth} ({f.subject}) is not valid before {_iso(f.not_before)}"
+            return f"certificate at depth {depth} ({f.subject}) is not valid before {iso(f.not_before)}"
     return ""
 
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def _time_when_all_valid(facts: list[CertFacts]) -> float | None:
