@@ -467,3 +467,25 @@ def test_every_reason_is_documented_and_tested():
     for reason in Reason:
         assert f"Reason.{reason.name}" in source, f"no test produces {reason}"
         assert f"`{reason.value}`" in readme, f"README does not document {reason}"
+
+
+def test_a_bug_in_the_probe_path_is_logged_with_its_traceback_once(tmp_path, lab_pki, lab_servers, monkeypatch,
+                                                                   caplog):
+    """translate()'s catch-all still reports a reason, but a bug of ours must not
+    pass for the endpoint's failure unseen: its traceback is logged, once per
+    exception type and target (not once per probe)."""
+    import logging
+
+    def broken_verify(self, presented, host):
+        raise ZeroDivisionError("a bug in the chain check")
+
+    monkeypatch.setattr(TrustStore, "verify", broken_verify)
+    server = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_leaf("wdcp.microsoft.com"))
+    caplog.set_level(logging.ERROR, logger="exporter.probes")
+    probes = [probe_maps(tmp_path, [server.connect_to("wdcp.microsoft.com", 443)], ca_file=lab_pki.ca_bundle_path)
+              for _ in range(2)]
+    assert all(p.reason == Reason.HTTP_ERROR and "unexpected ZeroDivisionError" in p.detail for p in probes)
+    logged = [r for r in caplog.records if r.name == "exporter.probes"]
+    assert len(logged) == 1, [r.getMessage() for r in logged]
+    assert MAPS in logged[0].getMessage() and "ZeroDivisionError" in logged[0].getMessage()
+    assert logged[0].exc_info is not None and "a bug in the chain check" in caplog.text

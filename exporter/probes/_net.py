@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import socket
 import ssl
 import time
@@ -26,6 +27,8 @@ from ..metrics import PHASES
 from ..reasons import Reason
 from ._conn import Connection
 from ._portable import connection_type, fall_back
+
+log = logging.getLogger("exporter.probes")
 
 Trace = Callable[[str], None]
 
@@ -92,6 +95,7 @@ class ProbeState:
     clock: PhaseClock = field(default_factory=PhaseClock)
     trace: Trace | None = None
     dialing_proxy: bool = False
+    target: str = ""  # what is being fetched (a URL), for the log of an unexpected error
 
     def log(self, message: str) -> None:
         if self.trace is not None:
@@ -222,4 +226,49 @@ def translate(exc: BaseException, state: ProbeState) -> ProbeFailure:
         # What this platform or event loop lacks says nothing about the endpoint: no reason
         # fits, and http_error would page for a healthy network. Let it surface as our bug.
         raise exc
+    _log_unexpected(exc, state.target)
     return ProbeFailure(Reason.HTTP_ERROR, f"unexpected {type(exc).__name__} ({step}): {exc}")
+
+
+# (exception type, target) pairs whose traceback was logged; a bug that fails
+# every probe of a target is logged once, not once per interval. Bounded: past
+# the cap, nothing new is remembered and every new pair is still logged.
+_UNEXPECTED_LOGGED: set[tuple[str, str]] = set()
+_UNEXPECTED_KEPT = 1024
+
+
+def _log_unexpected(exc: BaseException, target: str) -> None:
+    """An exception no rule above expects is a bug of ours (or of a library):
+    it still becomes a reason, but with its traceback in the log, so that it is
+    never silently relabelled as an endpoint's failure."""
+    key = (f"{type(exc).__module__}.{type(exc).__qualname__}", target)
+    if key in _UNEXPECTED_LOGGED:
+        return
+    if len(_UNEXPECTED_LOGGED) < _UNEXPECTED_KEPT:
+        _UNEXPECTED_LOGGED.add(key)
+    log.error("unexpected %s while fetching %s (reported as %s; logged once per error type and target)",
+              key[0], target or "?", Reason.HTTP_ERROR, exc_info=exc)
+
+
+def result_from(
+    state: ProbeState, started_at: float, failure: ProbeFailure | None, *,
+    answer: HTTPAnswer | None = None, stream: Stream | None = None, tls: TLSFacts | None = None,
+) -> ProbeResult:
+    state.clock.stop()
+    http_status = answer.status if answer is not None else (failure.http_status if failure else 0)
+    if failure is not None:
+        state.log(f"FAILED: {failure.reason}: {failure.detail}")
+    else:
+        state.log(f"OK: HTTP {http_status}")
+    return ProbeResult(
+        success=failure is None,
+        reason=failure.reason if failure else None,
+        started_at=started_at,
+        duration=state.clock.elapsed(),
+        phases=tuple(state.clock.phases.items()),
+        detail=failure.detail if failure else "",
+        http_status=http_status,
+        peer=stream.peer if stream else "",
+        proxy_status=stream.proxy_status if stream else 0,
+        tls=tls,
+    )

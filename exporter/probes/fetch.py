@@ -117,7 +117,7 @@ async def fetch(
     body_cap: bytes of body kept (default limits.body_bytes); a longer body is
     `truncated`, and one announced longer is not read unless read_oversized.
     redirects: how many redirects to follow (0: a 3xx is the answer)."""
-    state = state or ProbeState()
+    state = state or ProbeState(target=url)
     progress = _Progress(url)
     cap = limits.body_bytes if body_cap is None else body_cap
     try:

@@ -24,7 +24,7 @@ from .result import ProbeResult
 
 
 async def probe(job: ProbeJob, env: ProbeEnv, *, trace: Trace | None = None) -> ProbeResult:
-    state = ProbeState(trace=trace)
+    state = ProbeState(trace=trace, target=job.target.url)
     started_at = time.time()
     expect = job.target.expect
     fetched = await fetch(
