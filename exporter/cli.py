@@ -26,7 +26,6 @@ from .logs import LEVELS, setup
 from .wording import http_url, plural
 
 DEFAULT_LISTEN = ":10100"
-SHUTDOWN_GRACE = 4.0  # seconds; SIGTERM must end the process within 5 s
 PROG = "defender-connectivity-exporter"
 # The subcommands: the first word on the command line; without one, the exporter serves.
 COMMANDS = {
@@ -206,31 +205,19 @@ def _loop_factory(choice: str):
 
 
 async def _serve(config, web_config, args, host: str | None, port: int) -> int:
-    from aiohttp import web
-
     from .runtime import Exporter
-    from .web import make_app
+    from .web import serve
 
     exporter = Exporter(config, config_path=args.config_file, web_config=web_config,
                         web_config_path=args.web_config_file)
     exporter.web_ssl_context = web_config.ssl_context() if web_config else None
-    app = make_app(exporter, web_config=web_config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port, ssl_context=exporter.web_ssl_context, reuse_address=True)
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        print(f"error: cannot listen on {args.listen_address}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    exporter.start()
-    exporter.full_collections.start()
-    scheme = "https" if web_config and web_config.tls else "http"
-    # No host: every address, IPv4 and IPv6, written as Prometheus writes it.
-    log.info("listening on %s with %s from %s (event loop: %s)", http_url(scheme, host or "::", port),
-             plural(len(config.jobs()), "probe job"), config.source,
-             type(asyncio.get_running_loop()).__module__.split(".")[0])
+
+    def listening() -> None:
+        scheme = "https" if web_config and web_config.tls else "http"
+        # No host: every address, IPv4 and IPv6, written as Prometheus writes it.
+        log.info("listening on %s with %s from %s (event loop: %s)", http_url(scheme, host or "::", port),
+                 plural(len(config.jobs()), "probe job"), config.source,
+                 type(asyncio.get_running_loop()).__module__.split(".")[0])
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -242,13 +229,9 @@ async def _serve(config, web_config, args, host: str | None, port: int) -> int:
         task.add_done_callback(reloads.discard)
 
     signals.install(loop, stop.set, on_sighup)  # Windows: Ctrl+C / Ctrl+Break, reload by /-/reload
-    await stop.wait()
-    log.info("shutting down")
-    exporter.full_collections.stop()
     try:
-        async with asyncio.timeout(SHUTDOWN_GRACE):
-            await exporter.stop()
-            await runner.cleanup()
-    except TimeoutError:
-        log.warning("shutdown took longer than %.0f s; exiting anyway", SHUTDOWN_GRACE)
+        await serve(exporter, host, port, stop, web_config=web_config, started=listening)
+    except OSError as exc:
+        print(f"error: cannot listen on {args.listen_address}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0

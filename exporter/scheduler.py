@@ -60,7 +60,8 @@ JobRunner = Callable[[ProbeJob, ProbeEnv], Awaitable[object]]
 class Scrapes:
     """The /metrics responses being written right now (web.py reports them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.streaming = 0
         self._busy_since = 0.0  # when `streaming` last went from 0 to 1
         self._idle = asyncio.Event()
@@ -68,7 +69,7 @@ class Scrapes:
 
     def started(self) -> None:
         if self.streaming == 0:
-            self._busy_since = time.monotonic()
+            self._busy_since = self.clock()
         self.streaming += 1
         self._idle.clear()
 
@@ -80,7 +81,7 @@ class Scrapes:
     async def wait(self, limit: float) -> None:
         """Until no response is being written, or `limit` seconds; not at all
         when responses have been going out for SCRAPE_HOLD_AGE already."""
-        if self.streaming and time.monotonic() - self._busy_since < SCRAPE_HOLD_AGE:
+        if self.streaming and self.clock() - self._busy_since < SCRAPE_HOLD_AGE:
             try:
                 await asyncio.wait_for(self._idle.wait(), limit)
             except TimeoutError:
@@ -90,8 +91,10 @@ class Scrapes:
 class Scheduler:
     def __init__(
         self, store: ResultStore, env: ProbeEnv, jobs: Iterable[ProbeJob], *, concurrency: int,
-        runner: JobRunner,
+        runner: JobRunner, clock: Callable[[], float] = time.monotonic,
     ):
+        """`clock`: the monotonic time the schedule is kept in; the event loop
+        must sleep in the same time (tests pass a virtual loop's loop.time)."""
         self.store = store
         self.env = env
         self.runner = runner
@@ -105,9 +108,10 @@ class Scheduler:
         self._heap: list[tuple[float, int, tuple]] = []
         self._seq = 0
         self._wake = asyncio.Event()
-        self._epoch = time.monotonic()
+        self.clock = clock
+        self._epoch = clock()
         self._window = BATCH_WINDOW
-        self.scrapes = Scrapes()  # web.py marks its /metrics responses here
+        self.scrapes = Scrapes(clock)  # web.py marks its /metrics responses here
         self.set_jobs(jobs)
 
     # ------------------------------------------------------------------ jobs
@@ -127,7 +131,7 @@ class Scheduler:
                 del self._jobs[key]
                 self._due.pop(key, None)
                 self._first.discard(key)
-        now = time.monotonic()
+        now = self.clock()
         old_jobs = dict(self._jobs)
         self._jobs = new
         self._offsets = self._spread(new.values())
@@ -190,7 +194,7 @@ class Scheduler:
                 await self.scrapes.wait(SCRAPE_HOLD)
                 # What is due within the window starts now, up to BATCH_SIZE probes:
                 # one wake-up per window at low rates, per BATCH_SIZE probes at high ones.
-                horizon = time.monotonic() + self._window
+                horizon = self.clock() + self._window
                 started = 0
                 while self._heap and self._heap[0][0] <= horizon and started < BATCH_SIZE:
                     due, _, key = heapq.heappop(self._heap)
@@ -215,7 +219,7 @@ class Scheduler:
         while True:
             self._wake.clear()
             if self._heap:
-                delay = self._heap[0][0] - time.monotonic()
+                delay = self._heap[0][0] - self.clock()
                 if delay <= 0:
                     return
             else:
@@ -230,7 +234,7 @@ class Scheduler:
         if job is None:  # removed by a reload while we waited for a slot
             semaphore.release()
             return
-        started = time.monotonic()
+        started = self.clock()
         first = key in self._first
         self._first.discard(key)
         if not first:

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import binascii
 import logging
+from typing import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -41,6 +42,41 @@ TEXT = "text/plain"
 METRICS_WRITE_BUFFER = 4 * 1024 * 1024
 # Seconds after a /metrics response when a due full garbage collection runs.
 GC_AFTER_SCRAPE = 1.0
+# Seconds the shutdown may take; SIGTERM must end the process within 5 s.
+SHUTDOWN_GRACE = 4.0
+
+
+async def serve(exporter: Exporter, host: str | None, port: int, stop: asyncio.Event, *,
+                web_config: WebConfig | None = None, probe_limits: ProbeLimits | None = None,
+                started: Callable[[], None] | None = None) -> None:
+    """Serve `exporter` on host:port until `stop` is set: the one start-up and
+    shutdown, for the CLI and the tests alike. Listening comes first (an OSError
+    if it cannot), then probing and the full-collection policy; `started` is
+    called once all runs. TLS: exporter.web_ssl_context."""
+    runner = web.AppRunner(make_app(exporter, web_config=web_config, probe_limits=probe_limits),
+                           access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, ssl_context=exporter.web_ssl_context, reuse_address=True)
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    exporter.start()
+    exporter.full_collections.start()
+    try:
+        if started is not None:
+            started()
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        exporter.full_collections.stop()
+        try:
+            async with asyncio.timeout(SHUTDOWN_GRACE):
+                await exporter.stop()
+                await runner.cleanup()
+        except TimeoutError:
+            log.warning("shutdown took longer than %.0f s; exiting anyway", SHUTDOWN_GRACE)
 
 
 def make_app(exporter: Exporter, *, web_config: WebConfig | None = None,

@@ -62,11 +62,6 @@ def probe_transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
     return request.param
 
 
-def free_port(ip: str = "127.0.0.1") -> int:
-    """A TCP port free on `ip` a moment ago (bind to 0, read it, close)."""
-    return _free_port(ip)
-
-
 @pytest.fixture(scope="session")
 def lab_pki(tmp_path_factory: pytest.TempPathFactory) -> LabPKI:
     """One Microsoft-shaped PKI for the session: root, issuing CA, leaves on demand."""
@@ -88,8 +83,9 @@ def lab_servers() -> Iterator[LabServers]:
 
 @pytest.fixture(name="free_port")
 def free_port_fixture() -> Callable[..., int]:
-    """The free_port helper as a fixture, for tests that prefer not to import from conftest."""
-    return free_port
+    """free_port(ip="127.0.0.1"): a TCP port free on ip a moment ago (bind to 0, read it, close).
+    ExporterThread picks one itself."""
+    return _free_port
 
 
 @pytest.fixture

@@ -8,20 +8,82 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import selectors
+import sys
 import threading
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterable
 
+import pytest
 import yaml
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from exporter.config import Config, load_config
-from exporter.assess import Outcome
+from lab.servers import free_port
 
+from exporter.assess import Outcome
 from exporter.catalogue import catalogue_groups
+from exporter.config import Config, load_config
 
 CATALOGUE_GROUPS = tuple(catalogue_groups())  # the built-in groups, which lab configs switch off
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop on a clock of its own that moves only when the loop would
+    wait: a sleep of an hour returns at once, timers fire in order, and
+    loop.time() says exactly when each one was due. Sockets still work (they are
+    polled without waiting). Give a Scheduler clock=loop.time, and its schedule
+    can be asserted to the microsecond, however loaded the machine is.
+
+    stall(seconds) moves the clock as a loop blocked by a long callback would."""
+
+    def __init__(self, start: float = 1000.0):
+        self._now = start
+        super().__init__(selector=_VirtualSelector(self))
+
+    def time(self) -> float:
+        return self._now
+
+    def stall(self, seconds: float) -> None:
+        self._now += seconds
+
+
+class _VirtualSelector(selectors.DefaultSelector):
+    def __init__(self, loop: VirtualTimeLoop):
+        super().__init__()
+        self._loop = loop
+
+    def select(self, timeout=None):
+        ready = super().select(0)
+        if not ready and timeout:  # nothing to do until the next timer: jump to it
+            self._loop.stall(timeout)
+        return ready
+
+
+def run_virtual(main, *, start: float = 1000.0):
+    """asyncio.run(main()) on a VirtualTimeLoop; main gets the loop."""
+    loop = VirtualTimeLoop(start)
+    try:
+        return loop.run_until_complete(main(loop))
+    finally:
+        loop.close()
+
+
+# Kernel receive timestamps (SO_TIMESTAMPNS with recvmsg) are Linux's.
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="kernel receive timestamps (SO_TIMESTAMPNS) are Linux-only")
+
+
+def event_loops() -> list:
+    """Parameters for a `loop_factory` argument: the stdlib loop, and uvloop's
+    (skipped where uvloop is not installed)."""
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None
+    return [pytest.param(asyncio.SelectorEventLoop, id="stdlib"),
+            pytest.param(uvloop.new_event_loop if uvloop else None, id="uvloop",
+                         marks=pytest.mark.skipif(uvloop is None, reason="uvloop is not installed"))]
 
 
 def recv_head(sock) -> bytes:
@@ -118,12 +180,14 @@ def outcome_for(path: Path, url: str, *, group: str | None = None, route: str | 
 
 
 class ExporterThread:
-    """The real Exporter + web app on a loopback port, in a thread with its own loop."""
+    """The real Exporter served as the CLI serves it (web.serve) on a loopback
+    port (a free one unless given), in a thread with its own loop."""
 
-    def __init__(self, config_path: Path | None, *, port: int, web_config=None):
+    def __init__(self, config_path: Path | None, *, port: int | None = None, web_config=None, probe_limits=None):
         self.config_path = config_path
-        self.port = port
+        self.port = port if port is not None else free_port()
         self.web_config = web_config
+        self.probe_limits = probe_limits
         self.loop = asyncio.new_event_loop()
         self.exporter = None
         self._started = threading.Event()
@@ -153,23 +217,14 @@ class ExporterThread:
             self._started.set()
 
     async def _main(self) -> None:
-        from aiohttp import web
-
         from exporter.runtime import Exporter
-        from exporter.web import make_app
+        from exporter.web import serve
 
         self._stop = asyncio.Event()
         self.exporter = Exporter(load_config(self.config_path), config_path=self.config_path)
-        runner = web.AppRunner(make_app(self.exporter, web_config=self.web_config), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", self.port,
-                           ssl_context=self.web_config.ssl_context() if self.web_config else None)
-        await site.start()
-        self.exporter.start()
-        self._started.set()
-        await self._stop.wait()
-        await self.exporter.stop()
-        await runner.cleanup()
+        self.exporter.web_ssl_context = self.web_config.ssl_context() if self.web_config else None
+        await serve(self.exporter, "127.0.0.1", self.port, self._stop, web_config=self.web_config,
+                    probe_limits=self.probe_limits, started=self._started.set)
 
     def call(self, fn, *args):
         """Run fn(*args) on the exporter's loop (coroutine functions awaited) and return its value."""

@@ -23,7 +23,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import lab_config
 
 from exporter import metrics as m
-from conftest import free_port
 
 HERE = Path(__file__).parent
 
@@ -45,7 +44,7 @@ def _console_script() -> str:
     return exe
 
 
-def test_console_script_serves_lab_metrics_and_shuts_down(tmp_path, lab_pki, lab_servers):
+def test_console_script_serves_lab_metrics_and_shuts_down(tmp_path, lab_pki, lab_servers, free_port):
     server = lab_servers.serve(Ok(status=404), port=443, tls=lab_pki.issue_leaf("wdcp.microsoft.com"))
     config = lab_config(tmp_path, {"maps": ["https://wdcp.microsoft.com/"]},
                         connect_to=[server.connect_to("wdcp.microsoft.com", 443)],

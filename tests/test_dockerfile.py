@@ -19,7 +19,6 @@ import yaml
 from lab.servers import Ok
 from support import ExporterThread, lab_config
 
-from conftest import free_port
 from exporter.webconfig import parse_web_config
 
 REPO = Path(__file__).parent.parent
@@ -191,18 +190,18 @@ def config(tmp_path, lab_pki, lab_servers):
                       connect_to=[server.connect_to("wdcp.microsoft.com", 443)], ssl_options=0)
 
 
-def test_healthcheck_works_over_http_and_https_with_basic_auth(tmp_path, config, lab_pki):
+def test_healthcheck_works_over_http_and_https_with_basic_auth(tmp_path, config, lab_pki, free_port):
     import bcrypt
 
     assert run_healthcheck(free_port()) == 1  # nothing listening
-    with ExporterThread(config, port=free_port()) as exp:
+    with ExporterThread(config) as exp:
         assert run_healthcheck(exp.port) == 0
     leaf = lab_pki.issue_leaf("exporter.internal")
     web = parse_web_config({
         "tls_server_config": {"cert_file": str(leaf.chain_path), "key_file": str(leaf.key_path)},
         "basic_auth_users": {"prometheus": bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()},
     }, str(tmp_path / "web.yml"))
-    with ExporterThread(config, port=free_port(), web_config=web) as exp:
+    with ExporterThread(config, web_config=web) as exp:
         assert run_healthcheck(exp.port) == 0
 
 

@@ -14,7 +14,6 @@ from lab.servers import Ok, refused_address
 from prometheus_client import generate_latest
 from support import CATALOGUE_GROUPS, ExporterThread, lab_config
 
-from conftest import free_port
 
 
 def _fetch(port: int, *, accept_gzip: bool) -> tuple[bytes, str | None]:
@@ -25,7 +24,7 @@ def _fetch(port: int, *, accept_gzip: bool) -> tuple[bytes, str | None]:
         return response.read(), response.headers.get("Content-Encoding")
 
 
-def test_cached_exposition_matches_prometheus_client_and_gzip_is_one_member(tmp_path, lab_pki, lab_servers):
+def test_cached_exposition_matches_prometheus_client_and_gzip_is_one_member(tmp_path, lab_pki, lab_servers, free_port):
     ok = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_leaf("wdcp.microsoft.com"))
     ip, port_refused = refused_address()
     path = lab_config(

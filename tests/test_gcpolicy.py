@@ -53,7 +53,7 @@ def test_full_collections_run_on_the_timer_and_thresholds_come_back():
     assert gc.get_threshold() == before
 
 
-def test_a_due_full_collection_runs_after_a_scrape_not_before(tmp_path):
+def test_a_due_full_collection_runs_after_a_scrape_not_before(tmp_path, free_port):
     """With a scrape, the full collection happens just after it (when due),
     not at the backstop half a period later."""
     import urllib.request
@@ -64,7 +64,6 @@ def test_a_due_full_collection_runs_after_a_scrape_not_before(tmp_path):
     from exporter.config import parse_config
     from exporter.runtime import Exporter
 
-    from conftest import free_port
 
     seen = {}
 

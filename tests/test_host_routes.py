@@ -14,7 +14,6 @@ from exporter.hostside.winhttp import parse_winhttp_proxy
 from exporter.routes import host_route_checks
 from test_hostside_wiring import _host_config, _scrape_until
 
-from conftest import free_port
 from support import ExporterThread
 
 ADVPROXY = """
@@ -85,7 +84,7 @@ def test_host_mode_reports_settings_and_the_mismatch(tmp_path, monkeypatch):
     path = _host_config(tmp_path)
     text = path.read_text() + "routes:\n  defender:\n    pac: http://wpad.contoso.com/proxy.pac\n"
     path.write_text(text)
-    with ExporterThread(path, port=free_port()) as exporter:
+    with ExporterThread(path) as exporter:
         samples = _scrape_until(exporter, "defender_host_route_mismatch")
     settings = {s.labels["source"]: s.labels for s in samples if s.name == "defender_host_proxy_settings_info"}
     assert settings["defender_policy"]["pac_url"] == "http://wpad.contoso.com/proxy.pac"

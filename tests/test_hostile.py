@@ -40,7 +40,6 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from support import ExporterThread, lab_config, outcome_for
 
-from conftest import free_port
 from exporter import config as config_module
 from exporter.config import ConfigError, load_config, parse_config
 from exporter.crl import _parse as parse_crl
@@ -320,7 +319,7 @@ def hostile_config(tmp_path, lab_pki, lab_servers):
 
 def test_hostile_peers_end_in_documented_reasons_while_metrics_keep_answering(tmp_path, lab_pki, lab_servers):
     path = hostile_config(tmp_path, lab_pki, lab_servers)
-    with ExporterThread(path, port=free_port()) as exp:
+    with ExporterThread(path) as exp:
         exp.wait_ready(timeout=15)
         slowest = 0.0
         healthy_runs = []
@@ -353,7 +352,7 @@ def test_hostile_clients_do_not_stop_the_web_server(tmp_path, lab_pki, lab_serve
     ok = lab_servers.serve(Ok(), port=443, tls=leaf)
     path = lab_config(tmp_path, {"maps": [HEALTHY]}, connect_to=[ok.connect_to("healthy.wdcp.microsoft.com", 443)],
                       ca_file=lab_pki.ca_bundle_path, ssl_options=0)
-    with ExporterThread(path, port=free_port()) as exp:
+    with ExporterThread(path) as exp:
         exp.wait_ready()
         payloads = [
             b"\x00\xff garbage \r\n\r\n",

@@ -12,7 +12,6 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from support import ExporterThread, lab_config
 
-from conftest import free_port
 
 STANDINS = Path(__file__).parent / "standins"
 
@@ -41,7 +40,7 @@ def _scrape_until(exporter, name, timeout=15.0):
 def test_host_mode_reports_the_articles_failure(tmp_path, monkeypatch):
     monkeypatch.setenv("STANDIN_SCENARIO", "winhttp_missing")
     monkeypatch.setenv("STANDIN_HRESULT", "0x80070006")
-    with ExporterThread(_host_config(tmp_path), port=free_port()) as exporter:
+    with ExporterThread(_host_config(tmp_path)) as exporter:
         samples = _scrape_until(exporter, "defender_host_winhttp_proxy_configured")
     by_name = {}
     for s in samples:
@@ -58,7 +57,7 @@ def test_host_mode_reports_the_articles_failure(tmp_path, monkeypatch):
 def test_host_mode_healthy_and_a_missing_tool(tmp_path, monkeypatch):
     monkeypatch.setenv("STANDIN_SCENARIO", "healthy")
     path = _host_config(tmp_path, powershell=str(tmp_path / "no-such-powershell"))
-    with ExporterThread(path, port=free_port()) as exporter:
+    with ExporterThread(path) as exporter:
         samples = _scrape_until(exporter, "defender_host_winhttp_proxy_configured")
         _, body = exporter.get("/metrics")
     assert body.count("# TYPE defender_maps_connection_valid ") == 1
@@ -71,7 +70,7 @@ def test_host_mode_healthy_and_a_missing_tool(tmp_path, monkeypatch):
 
 
 def test_host_mode_off_by_default(tmp_path):
-    with ExporterThread(lab_config(tmp_path, {}), port=free_port()) as exporter:
+    with ExporterThread(lab_config(tmp_path, {})) as exporter:
         time.sleep(0.5)
         _, body = exporter.get("/metrics")
     samples = [s for f in text_string_to_metric_families(body) for s in f.samples]

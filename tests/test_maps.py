@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from lab.servers import Files, Ok, free_port, refused_address
+from lab.servers import Files, Ok, refused_address
 from prometheus_client.parser import text_string_to_metric_families
 from support import ExporterThread, lab_config, outcome_for, root_fingerprint
 
@@ -334,7 +334,7 @@ def _samples(text: str) -> dict[str, list]:
 
 
 def _scrape(config_path: Path) -> dict[str, list]:
-    with ExporterThread(config_path, port=free_port()) as exporter:
+    with ExporterThread(config_path) as exporter:
         exporter.wait_ready()
         status, text = exporter.get("/metrics")
     assert status == 200

@@ -13,7 +13,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import ExporterThread, lab_config, root_fingerprint
 from test_maps import MAPS, serve_published
 
-from conftest import free_port
 from exporter import __version__
 
 EXPIRED = "https://europe.cp.wd.microsoft.com/"
@@ -40,7 +39,7 @@ def test_metric_values_from_a_lab_exporter(tmp_path, lab_pki, lab_servers):
     path = lab_config(tmp_path, {"maps": {"targets": [MAPS, EXPIRED], "expected_roots": [root_fingerprint(lab_pki)],
                                           "interval": "1s", "timeout": "1s"}},
                       connect_to=connect_to, ca_file=lab_pki.ca_bundle_path, interval="1s", timeout="1s")
-    with ExporterThread(path, port=free_port()) as exporter:
+    with ExporterThread(path) as exporter:
         exporter.wait_ready()
         time.sleep(2.5)  # later rounds: counters move and the scheduler's lag is observed
         _, body = exporter.get("/metrics")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import urllib.parse
 import urllib.request
 
@@ -12,38 +11,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from lab.servers import Files, Ok
 from support import ExporterThread, lab_config, root_fingerprint
 
-from conftest import free_port
 from exporter.ondemand import NotAllowed, ProbeLimits, RateLimiter, find_job
 from exporter.config import load_config
 
 MAPS = "https://wdcp.microsoft.com/"
 OTHER = "https://unlisted.microsoft.com/"
-
-
-class LimitedExporter(ExporterThread):
-    """ExporterThread whose app gets explicit ProbeLimits."""
-
-    def __init__(self, config_path, *, port, limits: ProbeLimits):
-        super().__init__(config_path, port=port)
-        self.limits = limits
-
-    async def _main(self) -> None:
-        from aiohttp import web
-
-        from exporter.config import load_config
-        from exporter.runtime import Exporter
-        from exporter.web import make_app
-
-        self._stop = asyncio.Event()
-        self.exporter = Exporter(load_config(self.config_path), config_path=self.config_path)
-        runner = web.AppRunner(make_app(self.exporter, probe_limits=self.limits), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.port).start()
-        self.exporter.start()
-        self._started.set()
-        await self._stop.wait()
-        await self.exporter.stop()
-        await runner.cleanup()
 
 
 def get(port: int, path: str) -> tuple[int, dict, str]:
@@ -88,7 +60,7 @@ def maps_lab(tmp_path, lab_pki, lab_servers):
 
 def test_probe_returns_the_targets_metric_families(maps_lab):
     path, server, _, _ = maps_lab
-    with ExporterThread(path, port=free_port()) as exp:
+    with ExporterThread(path) as exp:
         exp.wait_ready()
         before = server.connections
         status, headers, body = get(exp.port, probe_path(MAPS))
@@ -107,7 +79,7 @@ def test_probe_returns_the_targets_metric_families(maps_lab):
 
 def test_debug_output_shows_every_phase(maps_lab, lab_pki):
     path, _, _, leaf = maps_lab
-    with ExporterThread(path, port=free_port()) as exp:
+    with ExporterThread(path) as exp:
         status, headers, body = get(exp.port, probe_path(MAPS, debug="true"))
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain")
@@ -129,7 +101,7 @@ def test_debug_output_through_a_proxy_shows_the_connect_answer(tmp_path, lab_pki
     squid = squid_factory({"wdcp.microsoft.com": server.ip})
     path = lab_config(tmp_path, {"maps": [MAPS]}, routes={"defender": squid.url}, ca_file=lab_pki.ca_bundle_path,
                       ssl_options=0)
-    with ExporterThread(path, port=free_port()) as exp:
+    with ExporterThread(path) as exp:
         status, _, body = get(exp.port, probe_path(MAPS, debug="true"))
     assert status == 200
     assert f"route defender: proxy {squid.url}" in body
@@ -141,7 +113,7 @@ def test_failing_probe_debug_names_reason_cause_and_remedy(tmp_path, lab_pki, la
     server = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_expired("wdcp.microsoft.com"))
     path = lab_config(tmp_path, {"maps": [MAPS]}, connect_to=[server.connect_to("wdcp.microsoft.com", 443)],
                       ca_file=lab_pki.ca_bundle_path)
-    with ExporterThread(path, port=free_port()) as exp:
+    with ExporterThread(path) as exp:
         exp.wait_ready()
         status, _, body = get(exp.port, probe_path(MAPS, debug="1"))
         status2, _, metrics = get(exp.port, "/metrics")
@@ -169,7 +141,7 @@ def test_failing_probe_debug_names_reason_cause_and_remedy(tmp_path, lab_pki, la
 ])
 def test_unlisted_targets_get_400_and_are_never_contacted(maps_lab, target):
     path, server, decoy, _ = maps_lab
-    with ExporterThread(path, port=free_port()) as exp:
+    with ExporterThread(path) as exp:
         exp.wait_ready()
         before = server.connections
         status, _, body = get(exp.port, probe_path(target, debug="true"))
@@ -181,7 +153,7 @@ def test_unlisted_targets_get_400_and_are_never_contacted(maps_lab, target):
 
 def test_equivalent_spelling_of_a_configured_target_is_accepted(maps_lab):
     path, _, _, _ = maps_lab
-    with ExporterThread(path, port=free_port()) as exp:
+    with ExporterThread(path) as exp:
         status, _, body = get(exp.port, probe_path("HTTPS://WDCP.microsoft.com:443/"))
     assert status == 200, body
     assert sample(body, "defender_probe_success", group="maps", target=MAPS, route="defender") == 1
@@ -189,7 +161,7 @@ def test_equivalent_spelling_of_a_configured_target_is_accepted(maps_lab):
 
 def test_route_and_group_must_be_configured_for_the_target(tmp_path, maps_lab):
     path, _, decoy, _ = maps_lab
-    with ExporterThread(path, port=free_port()) as exp:
+    with ExporterThread(path) as exp:
         status, _, body = get(exp.port, probe_path(MAPS, route="system"))
         assert status == 400 and "route 'system' is not configured" in body
         status, _, body = get(exp.port, probe_path(MAPS, group="update"))
@@ -202,7 +174,7 @@ def test_route_and_group_must_be_configured_for_the_target(tmp_path, maps_lab):
 def test_per_target_rate_limit_answers_429_with_retry_after(maps_lab):
     path, server, _, _ = maps_lab
     limits = ProbeLimits(per_target_seconds=30, burst=10, rate=1, in_flight=4)
-    with LimitedExporter(path, port=free_port(), limits=limits) as exp:
+    with ExporterThread(path, probe_limits=limits) as exp:
         exp.wait_ready()
         before = server.connections
         assert get(exp.port, probe_path(MAPS))[0] == 200
@@ -219,7 +191,7 @@ def test_global_token_bucket_limits_bursts_across_targets(tmp_path, lab_pki, lab
     path = lab_config(tmp_path, {"maps": urls}, connect_to=[f"::{server.ip}:443"], ca_file=lab_pki.ca_bundle_path,
                       ssl_options=0)
     limits = ProbeLimits(per_target_seconds=1, burst=3, rate=0.05, in_flight=4)
-    with LimitedExporter(path, port=free_port(), limits=limits) as exp:
+    with ExporterThread(path, probe_limits=limits) as exp:
         exp.wait_ready()
         before = server.connections
         statuses = [get(exp.port, probe_path(url)) for url in urls]
@@ -236,7 +208,7 @@ def test_concurrent_requests_for_one_target_run_one_probe(tmp_path, lab_pki, lab
                       ca_file=lab_pki.ca_bundle_path, ssl_options=0)
     from concurrent.futures import ThreadPoolExecutor
 
-    with ExporterThread(path, port=free_port()) as exp:
+    with ExporterThread(path) as exp:
         exp.wait_ready()
         before = server.connections
         with ThreadPoolExecutor(8) as pool:

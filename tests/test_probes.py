@@ -18,7 +18,7 @@ from lab.servers import (
     Truncated,
     refused_address,
 )
-from support import lab_config, outcome_for
+from support import event_loops, lab_config, linux_only, outcome_for
 
 from exporter.probes._tls import TrustStore
 from exporter.reasons import Reason
@@ -357,7 +357,14 @@ def test_plain_http_through_proxy_uses_absolute_uri(tmp_path, lab_servers, squid
     probe = outcome_for(path, url).probe
     assert probe.success, probe.detail  # the origin's own 403 counts as reached
     assert probe.http_status == 403
-    assert any(f"GET {url}" in line for line in squid.access_log_lines()) or server.request_lines
+    # Squid (a forward proxy) takes only the absolute form and logs its URL; it sends the origin form on.
+    assert any(f" GET {url} " in line for line in squid.access_log_lines()), squid.access_log_lines()
+    assert server.request_lines == ["GET /fwlink HTTP/1.1"]
+    # What a proxy receives, as sent: a recording server in the proxy's place.
+    recorder = lab_servers.serve(Ok(status=403), port=80)
+    path = lab_config(tmp_path, {"adl": [url]}, routes={"defender": recorder.url})
+    assert outcome_for(path, url).probe.http_status == 403
+    assert recorder.request_lines == [f"GET {url} HTTP/1.1"]
 
 
 def test_proxy_denied_connect(tmp_path, lab_pki, lab_servers, squid_factory):
@@ -419,14 +426,13 @@ def test_proxy_unreachable(tmp_path):
 # ------------------------------------------------------------------ the connection
 
 
-@pytest.mark.parametrize("loop_factory", ["stdlib", "uvloop"])
+@linux_only
+@pytest.mark.parametrize("loop_factory", event_loops())
 def test_connection_reads_what_came_while_nobody_was_reading(loop_factory):
     """Bytes that arrive while no read waits (the loop then stops watching the
     socket) are read later, and a later read is woken when more arrive."""
     import asyncio
     import socket
-
-    import uvloop
 
     from exporter.probes._conn import Connection
 
@@ -450,7 +456,7 @@ def test_connection_reads_what_came_while_nobody_was_reading(loop_factory):
             conn.abort()  # twice: never raises
             server_side.close()
 
-    factory = uvloop.new_event_loop if loop_factory == "uvloop" else asyncio.SelectorEventLoop
+    factory = loop_factory
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(main())

@@ -15,7 +15,6 @@ from lab.servers import Ok
 from prometheus_client.parser import text_string_to_metric_families
 from support import ExporterThread, lab_config
 
-from conftest import free_port
 
 REPO = Path(__file__).parent.parent
 A = "https://a.wdcp.microsoft.com/"
@@ -76,7 +75,7 @@ def lab(tmp_path, lab_pki, lab_servers):
 def test_bad_config_is_refused_and_the_running_one_keeps_probing(lab, caplog):
     path = lab([A, B])
     good_text = path.read_text()
-    with ExporterThread(path, port=free_port()) as exp:
+    with ExporterThread(path) as exp:
         exp.wait_ready()
         before = scrape(exp.port)
         assert value(before, "defender_exporter_config_last_reload_successful") == 1
@@ -103,7 +102,7 @@ def test_bad_config_is_refused_and_the_running_one_keeps_probing(lab, caplog):
 
 def test_good_reload_keeps_history_of_unchanged_targets(lab):
     path = lab([A, B])
-    with ExporterThread(path, port=free_port()) as exp:
+    with ExporterThread(path) as exp:
         wait_for(lambda: total(scrape(exp.port), A) >= 3 and total(scrape(exp.port), B) >= 3)
         before = scrape(exp.port)
         reloaded_at = value(before, "defender_exporter_config_last_reload_success_timestamp_seconds")
@@ -125,7 +124,7 @@ def test_good_reload_keeps_history_of_unchanged_targets(lab):
         assert value(later, "defender_exporter_targets", group="maps") == 2
 
 
-def test_sighup_reloads_the_real_process(lab):
+def test_sighup_reloads_the_real_process(lab, free_port):
     path = lab([A])
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "exporter", "--config.file", str(path),

@@ -196,7 +196,7 @@ def test_pac_scenario_probes_metrics_and_verdict(tmp_path, lab_pki, lab_servers,
         connect_to=lab.refused_crls(),
         extra_groups={"update": {"targets": [UPDATE], "route": ["defender"]}},
     )
-    with ExporterThread(path, port=free_port()) as exporter:
+    with ExporterThread(path) as exporter:
         exporter.wait_ready()
         status, body = exporter.get("/metrics")
         outcomes = exporter.call(lambda: dict(exporter.exporter.store.latest))
@@ -303,7 +303,7 @@ def test_looping_pac_the_exporter_keeps_serving(tmp_path, lab_pki, lab_servers, 
     path = lab.routes_config(
         {"looping": {"pac": PAC_URL}, "defender": {"proxy": lab.squid.url}},
         extra_groups={"update": {"targets": [UPDATE], "route": ["looping", "defender"]}})
-    with ExporterThread(path, port=free_port()) as exporter:
+    with ExporterThread(path) as exporter:
         exporter.wait_ready()
         status, body = exporter.get("/metrics")
         outcomes = exporter.call(lambda: dict(exporter.exporter.store.latest))

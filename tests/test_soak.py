@@ -29,7 +29,6 @@ from lab.servers import (
 )
 from support import lab_config
 
-from conftest import free_port
 
 REPO = Path(__file__).parent.parent
 WARMUP = 10.0
@@ -67,7 +66,7 @@ def fetch(url: str) -> int:
 
 
 @pytest.mark.slow
-def test_memory_stays_flat_over_many_probe_cycles(tmp_path, lab_pki, lab_servers):
+def test_memory_stays_flat_over_many_probe_cycles(tmp_path, lab_pki, lab_servers, free_port):
     leaf = lab_pki.issue_leaf("*.wdcp.microsoft.com")
     connect_to, targets = [], []
     for name, (behaviour, tls) in BEHAVIOURS.items():

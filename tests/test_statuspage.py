@@ -12,7 +12,6 @@ import pytest
 from lab.servers import Ok, refused_address
 from support import ExporterThread, lab_config, root_fingerprint
 
-from conftest import free_port
 from exporter.config import load_config
 from exporter.probes import ProbeResult
 from exporter.assess import MapsVerdict, Outcome
@@ -75,7 +74,7 @@ def noc_lab(tmp_path, lab_pki, lab_servers, squid_factory):
 
 
 def test_status_page_in_a_browser(noc_lab):
-    with ExporterThread(noc_lab, port=free_port()) as exp:
+    with ExporterThread(noc_lab) as exp:
         exp.wait_ready()
         driver = chromium()
         try:

@@ -16,9 +16,8 @@ import time
 from typing import Self
 
 import pytest
-import uvloop
 from lab.servers import Delay
-from support import lab_config, recv_head
+from support import event_loops, lab_config, linux_only, recv_head
 
 from exporter.config import load_config
 from exporter.probes import ProbeEnv, http
@@ -28,8 +27,8 @@ LOOP_BLOCKED = 0.2
 # The server's own lateness on a busy test machine; far below what a blocked loop would add.
 SLACK = 0.015
 
-LOOPS = {"stdlib": asyncio.SelectorEventLoop, "uvloop": uvloop.new_event_loop}
-loops = pytest.mark.parametrize("loop_factory", list(LOOPS.values()), ids=list(LOOPS))
+pytestmark = linux_only
+loops = pytest.mark.parametrize("loop_factory", event_loops())
 
 
 def probe_once(path, loop_factory, *, block_loop: bool):

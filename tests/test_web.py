@@ -18,7 +18,6 @@ import yaml
 from lab.servers import Ok
 from support import ExporterThread, lab_config, root_fingerprint
 
-from conftest import free_port
 from exporter.config import load_config
 from exporter.statuspage import render_config
 from exporter.webconfig import load_web_config, parse_web_config
@@ -90,7 +89,7 @@ def test_tls_serves_metrics_over_https(tmp_path, healthy_config, web_pki):
     pki, server, _ = web_pki
     web = load_web_config(str(write_web_config(tmp_path, {"tls_server_config": {
         "cert_file": str(server.chain_path), "key_file": str(server.key_path)}})))
-    with ExporterThread(healthy_config, port=free_port(), web_config=web) as exp:
+    with ExporterThread(healthy_config, web_config=web) as exp:
         status, _, body = request(exp.port, "/metrics", context=client_context(pki))
         assert status == 200 and "defender_exporter_build_info" in body
         with pytest.raises((http.client.RemoteDisconnected, ConnectionError, http.client.BadStatusLine)):
@@ -103,7 +102,7 @@ def test_require_and_verify_client_cert(tmp_path, healthy_config, web_pki, unkno
         "cert_file": str(server.chain_path), "key_file": str(server.key_path),
         "client_auth_type": "RequireAndVerifyClientCert", "client_ca_file": str(pki.ca_bundle_path)}})))
     stranger = unknown_pki.issue_leaf(["noc-prometheus"], server_auth=False)
-    with ExporterThread(healthy_config, port=free_port(), web_config=web) as exp:
+    with ExporterThread(healthy_config, web_config=web) as exp:
         status, _, _ = request(exp.port, "/metrics", context=client_context(pki, cert=client))
         assert status == 200
         for ctx in (client_context(pki), client_context(pki, cert=stranger)):
@@ -120,7 +119,7 @@ def test_verify_client_cert_if_given(tmp_path, healthy_config, web_pki, unknown_
         "cert_file": str(server.chain_path), "key_file": str(server.key_path),
         "client_auth_type": "VerifyClientCertIfGiven", "client_ca_file": str(pki.ca_bundle_path)}})))
     stranger = unknown_pki.issue_leaf(["noc-prometheus"], server_auth=False)
-    with ExporterThread(healthy_config, port=free_port(), web_config=web) as exp:
+    with ExporterThread(healthy_config, web_config=web) as exp:
         assert request(exp.port, "/metrics", context=client_context(pki))[0] == 200
         assert request(exp.port, "/metrics", context=client_context(pki, cert=client))[0] == 200
         with pytest.raises((ssl.SSLError, ConnectionError)):
@@ -131,14 +130,14 @@ def test_min_version_refuses_older_clients(tmp_path, healthy_config, web_pki):
     pki, server, _ = web_pki
     web = load_web_config(str(write_web_config(tmp_path, {"tls_server_config": {
         "cert_file": str(server.chain_path), "key_file": str(server.key_path), "min_version": "TLS13"}})))
-    with ExporterThread(healthy_config, port=free_port(), web_config=web) as exp:
+    with ExporterThread(healthy_config, web_config=web) as exp:
         assert request(exp.port, "/-/healthy", context=client_context(pki))[0] == 200
         with pytest.raises(ssl.SSLError):
             request(exp.port, "/-/healthy", context=client_context(pki, max_version=ssl.TLSVersion.TLSv1_2))
 
 
 @pytest.mark.parametrize("auth_type", ["RequestClientCert", "RequireAnyClientCert"])
-def test_cli_refuses_client_auth_it_cannot_honour(tmp_path, web_pki, auth_type):
+def test_cli_refuses_client_auth_it_cannot_honour(tmp_path, web_pki, auth_type, free_port):
     _, server, _ = web_pki
     web = write_web_config(tmp_path, {"tls_server_config": {
         "cert_file": str(server.chain_path), "key_file": str(server.key_path), "client_auth_type": auth_type,
@@ -166,7 +165,7 @@ def auth_exporter(tmp_path, healthy_config):
         "basic_auth_users": {"prometheus": hashed("right horse"), "grafana": hashed("battery", "$2y$")},
         "http_server_config": {"headers": {"X-Frame-Options": "deny"}},
     }, str(tmp_path / "web.yml"))
-    with ExporterThread(healthy_config, port=free_port(), web_config=web) as exp:
+    with ExporterThread(healthy_config, web_config=web) as exp:
         yield exp
 
 
@@ -226,7 +225,7 @@ def _timed(port: int, auth: tuple[str, str]) -> float:
     return time.perf_counter() - started
 
 
-def test_a_burst_of_wrong_passwords_does_not_delay_an_authorised_client(tmp_path, healthy_config):
+def test_a_burst_of_wrong_passwords_does_not_delay_an_authorised_client(tmp_path, healthy_config, free_port):
     """150 concurrent wrong logins (wrong passwords for the scraper's own user, and unknown users)
     against a real exporter process with cost-8 hashes: the scraper, already verified, is let in
     as fast as without the burst, and the burst itself buys a bounded number of bcrypt checks."""
@@ -277,7 +276,7 @@ def test_a_burst_of_wrong_passwords_does_not_delay_an_authorised_client(tmp_path
 def test_config_endpoint_shows_the_running_config_redacted(tmp_path, lab_pki):
     path = lab_config(tmp_path, {"maps": [MAPS]}, routes={"defender": "http://noc:t0p%2Fsecret@proxy.example:3128"},
                       ca_file=lab_pki.ca_bundle_path)
-    with ExporterThread(path, port=free_port()) as exp:
+    with ExporterThread(path) as exp:
         status, headers, body = request(exp.port, "/config")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     assert "t0p" not in body and "secret" not in body
@@ -337,7 +336,7 @@ def test_config_endpoint_round_trips(tmp_path, lab_pki, profile):
     })
     data["groups"]["update"]["route"] = ["defender", "branch", "pac", "found", "either"]
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    with ExporterThread(path, port=free_port()) as exp:
+    with ExporterThread(path) as exp:
         status, _, shown = request(exp.port, "/config")
     assert status == 200
     again = tmp_path / "from-config-endpoint.yml"
@@ -352,7 +351,7 @@ def test_config_endpoint_round_trips(tmp_path, lab_pki, profile):
 SECRET = "Sup3r-s3cret-pr0xy-pw"
 
 
-def test_proxy_password_never_leaks(tmp_path, lab_pki, lab_servers, squid_factory):
+def test_proxy_password_never_leaks(tmp_path, lab_pki, lab_servers, squid_factory, free_port):
     """A real exporter process, debug logging, a real Squid asking for that password: the password
     appears in none of stderr, /metrics, /, /config, /probe?debug=true, nor in a reload error."""
     server = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_leaf(["wdcp.microsoft.com", "wd.microsoft.com"]))
@@ -414,7 +413,7 @@ def wait_until_ready(port: int, process: subprocess.Popen, timeout: float = 20) 
     raise AssertionError("exporter not ready in time")
 
 
-def test_cli_serves_tls_from_web_config(tmp_path, healthy_config, web_pki):
+def test_cli_serves_tls_from_web_config(tmp_path, healthy_config, web_pki, free_port):
     pki, server, _ = web_pki
     web = write_web_config(tmp_path, {"tls_server_config": {
         "cert_file": str(server.chain_path), "key_file": str(server.key_path)}})
@@ -452,7 +451,7 @@ def _served_leaf_serial(port: int) -> int:
 
 
 def test_sighup_rotates_the_certificate_and_users_and_refuses_what_needs_a_restart(tmp_path, healthy_config,
-                                                                                  web_pki):
+                                                                                  web_pki, free_port):
     pki, server, _ = web_pki
     rotated = pki.issue_leaf(["localhost"])
     web = write_web_config(tmp_path, {
