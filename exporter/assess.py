@@ -85,6 +85,15 @@ class Outcome:
     # when it still could keeps passing (None: unknown, e.g. nothing good fetched yet).
     revocation_valid_until: float | None = None
 
+    def findings(self) -> list[str]:
+        """What the assessment found beyond the probe, in words (check, the status page)."""
+        found = []
+        if self.intercepted:
+            found.append("TLS intercepted (the chain ends outside the expected roots)")
+        if self.revoked:
+            found.append("certificate revoked")
+        return found
+
 
 @dataclass(frozen=True)
 class ChainRevocation:

@@ -131,11 +131,7 @@ def _print_text(results, out: TextIO) -> None:
             result = "ok" if probe.success else "FAIL"
             latency = f"{probe.duration * 1000:7.1f}ms"
             why = f"{probe.reason}: {probe.detail}" if probe.reason else f"HTTP {probe.http_status}"
-            extras = []
-            if outcome.intercepted:
-                extras.append("TLS intercepted")
-            if outcome.revoked:
-                extras.append("certificate revoked")
+            extras = outcome.findings()
             if outcome.proxy and not job.route.static:
                 extras.append(f"via {outcome.proxy}")
             if extras:

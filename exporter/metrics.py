@@ -9,9 +9,10 @@ add its MetricSpec below (a family is exposed in the order of this module),
 then yield its samples, ``(SPEC, label values in the spec's order, value)``,
 where the value is known: collector.target_samples() for a per-target series
 (labels starting with TARGET_LABELS: cached per job, and on /probe), or
-DefenderCollector.live_samples() for everything else; the host collectors'
-in hostside.host_samples(). No renderer changes: exposition.py writes every
-family from its spec. Then the README's metrics table and CHANGELOG.md.
+DefenderCollector.live_samples() for everything else (or what it draws on:
+hostside.host_samples(), RouteBook.samples()). That is all the code: the
+writer (exposition.py) writes every family from its spec, with no list or
+order to touch. Then the README's metrics table and CHANGELOG.md.
 """
 
 from __future__ import annotations

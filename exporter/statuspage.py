@@ -272,11 +272,7 @@ def _row(job, outcome, now: float, redact: Redactor, reasons_shown: set[str], *,
     if p.success:
         status = '<span class="status ok">&#10004; OK</span>'
         reason = f"HTTP {p.http_status}" if p.http_status else "reached"
-        notes = []
-        if outcome.revoked:
-            notes.append("certificate REVOKED")
-        if outcome.intercepted:
-            notes.append("TLS INTERCEPTED (chain ends outside the expected roots)")
+        notes = outcome.findings()
         if notes:
             reason += f'<div class="detail">{_e("; ".join(notes))}</div>'
     else:
