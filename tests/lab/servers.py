@@ -285,6 +285,7 @@ class LabServer:
         self._connections = 0
         self._handshake_failures = 0
         self._requests: list[RecordedRequest] = []
+        self._answered_at: list[float] = []  # Delay: time.perf_counter() as each answer is handed to the kernel
         self._sni: list[str | None] = []
         self._path_requests: Counter[str] = Counter()
         self._path_not_modified: Counter[str] = Counter()
@@ -323,6 +324,12 @@ class LabServer:
     def requests(self) -> list[RecordedRequest]:
         with self._lock:
             return list(self._requests)
+
+    @property
+    def answered_at(self) -> list[float]:
+        """Delay: when each answer went out (time.perf_counter(), this process's clock), in order."""
+        with self._lock:
+            return list(self._answered_at)
 
     @property
     def request_lines(self) -> list[str]:
@@ -450,6 +457,8 @@ class LabServer:
             await _respond(writer, request, b.status, b.body, b.headers, content_type=b.content_type)
         elif isinstance(b, Delay):
             await asyncio.sleep(b.seconds)
+            with self._lock:  # noted first: the client may have the answer before this thread runs again
+                self._answered_at.append(time.perf_counter())
             await _respond(writer, request, b.status, b.body)
         elif isinstance(b, Files):
             await self._serve_file(writer, request, b)
