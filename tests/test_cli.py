@@ -195,7 +195,7 @@ def test_counts_are_worded_in_the_singular_and_plural(tmp_path):
         assert result.returncode == 0 and result.stdout.strip().endswith(words), result.stdout + result.stderr
 
 
-def test_an_ipv6_listen_address_is_logged_in_brackets(tmp_path):
+def test_an_ipv6_listen_address_is_logged_in_brackets(tmp_path, free_port):
     config = lab_config(tmp_path, {"maps": ["https://wdcp.microsoft.com/"]},
                         connect_to=["wdcp.microsoft.com:443:127.0.0.1:9"])
     port = free_port("::1")

@@ -19,7 +19,8 @@ from exporter.config import load_config
 from exporter.ondemand import Redactor
 from exporter.probes import ProbeResult
 from exporter.reasons import Reason
-from exporter.state import MapsVerdict, Outcome, ResultStore
+from exporter.assess import MapsVerdict, Outcome
+from exporter.state import ResultStore
 
 A, B = "https://wdcp.microsoft.com/", "https://x.wdcp.microsoft.com/"
 C = "http://go.microsoft.com/"
@@ -102,13 +103,11 @@ def test_all_ok_summary_and_no_secret_in_details(lab, caplog):
     assert "failing" in text and "s3cr>t" not in text and "s3cr%3Et" not in text, text
 
 
-def test_the_running_exporter_logs_the_first_round(tmp_path):
+def test_the_running_exporter_logs_the_first_round(tmp_path, free_port):
     """The reported case: every probe failing, and the log said only "listening"."""
     ip, port = refused_address()
     config = lab_config(tmp_path, {"maps": [A, B]}, connect_to=[f"wdcp.microsoft.com:443:{ip}:{port}",
                                                                  f"x.wdcp.microsoft.com:443:{ip}:{port}"])
-    from conftest import free_port
-
     proc = subprocess.Popen([sys.executable, "-m", "exporter", "--config.file", str(config), "--web.listen-address",
                              f"127.0.0.1:{free_port()}"], stderr=subprocess.PIPE, text=True)
     lines: list[str] = []

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 from support import lab_config
 
-from conftest import free_port
 
 REPO = Path(__file__).parent.parent
 UNIT = REPO / "deploy" / "systemd" / "defender-connectivity-exporter.service"
@@ -70,7 +69,7 @@ def test_systemd_analyze_verify(tmp_path):
 
 
 @pytest.fixture
-def running_exporter(tmp_path):
+def running_exporter(tmp_path, free_port):
     config = lab_config(tmp_path, {"maps": ["https://wdcp.microsoft.com/"]},
                         connect_to=["wdcp.microsoft.com:443:127.0.0.1:9"])
     proc = subprocess.Popen([console_script(), "--config.file", str(config),
