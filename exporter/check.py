@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import sys
 from collections import Counter
@@ -30,6 +31,7 @@ from .assess import MapsVerdict, Outcome
 from .causes import REMEDIES, Cause
 from .causes import mpcmdrun_line as failure_line
 from .config import ConfigError, load_config
+from .redact import Redactor
 from .wording import plural
 
 JSON_FORMAT_VERSION = 1
@@ -60,13 +62,15 @@ def run_check(args: argparse.Namespace) -> int:
     jobs = [job for job in config.jobs() if not args.group or job.group.name in args.group]
     results = asyncio.run(_probe_all(config, jobs, progress=sys.stderr if sys.stderr.isatty() else None))
     ok = all(_job_ok(o) for _, o in results)
+    redact = Redactor(config)  # probe details may quote what a proxy said
     if args.format == "json":
         document = {**_as_json(results, ok), "connectivity": config.connectivity, "region": config.region}
-        json.dump(document, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        sys.stdout.write(redact(json.dumps(document, indent=2)) + "\n")
     else:
-        sys.stdout.write(f"Catalogue: {_profile_line(config)}\n")
-        _print_text(results, sys.stdout)
+        text = io.StringIO()
+        text.write(f"Catalogue: {_profile_line(config)}\n")
+        _print_text(results, text)
+        sys.stdout.write(redact(text.getvalue()))
     return 0 if ok else 1
 
 

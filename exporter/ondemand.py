@@ -37,6 +37,7 @@ from .assess import Outcome
 from .collector import target_samples
 from .config import Config, ProbeJob
 from .exposition import render as render_samples
+from .redact import Redactor
 from .reasons import REASON_DESCRIPTIONS, Reason
 from .state import JobStats
 from .utc import iso
@@ -139,35 +140,6 @@ def find_job(config: Config, target: str, *, route: str | None = None, group: st
             return ProbeJob(g, t, config.routes[names[0]])
     routes = sorted({r for g, _ in candidates for r in g.routes})
     raise NotAllowed(f"route {route!r} is not configured for this target (configured: {', '.join(routes)})")
-
-
-# --------------------------------------------------------------------------- secrets
-
-
-class Redactor:
-    """Removes proxy passwords (as written, URL-encoded and in Basic tokens) from text."""
-
-    def __init__(self, config: Config):
-        import base64
-        from urllib.parse import quote
-
-        secrets: set[str] = set()
-        for route in config.routes.values():
-            proxy = route.proxy
-            if proxy is None or not proxy.password:
-                continue
-            pw = proxy.password
-            token = base64.b64encode(f"{proxy.username or ''}:{pw}".encode()).decode()
-            secrets.update({pw, quote(pw, safe=""), token})
-        # Very short passwords would mangle ordinary words; they are still never printed
-        # by the code paths (ProxyURL.redacted()), this is the second line of defence.
-        self.secrets = sorted((s for s in secrets if len(s) >= 3), key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret in text:
-                text = text.replace(secret, "<redacted>")
-        return text
 
 
 # --------------------------------------------------------------------------- running

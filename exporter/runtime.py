@@ -21,7 +21,7 @@ from .gcpolicy import FullCollections
 from .hostside import HostSnapshot, collect_host, emulated_evidence
 from .webconfig import WebConfig, WebConfigError, load_web_config
 from .wording import plural
-from .ondemand import Redactor
+from .redact import Redactor
 from .probes import ProbeEnv
 from .routes import host_route_checks
 from .scheduler import Scheduler

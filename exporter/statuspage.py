@@ -29,7 +29,7 @@ from . import __version__
 from .causes import REMEDIES, Cause
 from .catalogue import CONFIG_SOURCE
 from .config import Config
-from .ondemand import Redactor
+from .redact import Redactor
 from .reasons import REASON_DESCRIPTIONS, Reason
 from .state import ResultStore
 from .wording import plural

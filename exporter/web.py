@@ -24,7 +24,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import ondemand
 from .basicauth import BasicAuth, Verdict
-from .ondemand import NotAllowed, ProbeLimits, RateLimiter, Redactor
+from .ondemand import NotAllowed, ProbeLimits, RateLimiter
+from .redact import Redactor
 from .runtime import Exporter
 from .statuspage import render_config, render_status
 from .webconfig import WebConfig

@@ -16,7 +16,7 @@ from lab.servers import refused_address
 from support import lab_config
 
 from exporter.config import load_config
-from exporter.ondemand import Redactor
+from exporter.redact import Redactor
 from exporter.probes import ProbeResult
 from exporter.reasons import Reason
 from exporter.assess import MapsVerdict, Outcome
