@@ -19,6 +19,7 @@ escaped.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import time
 from urllib.parse import urlencode
@@ -29,8 +30,8 @@ from . import __version__
 from .causes import REMEDIES, Cause
 from .catalogue import CONFIG_SOURCE
 from .config import Config
-from .redact import Redactor
 from .reasons import REASON_DESCRIPTIONS, Reason
+from .redact import Redactor
 from .state import ResultStore
 from .wording import plural
 
@@ -378,14 +379,8 @@ def config_as_dict(config: Config) -> dict:
         if group.content is not None:
             shown["content"] = group.content
         data["groups"][group.name] = shown
-    host = getattr(config, "host", None)
-    if host is not None:
-        import dataclasses
-
-        if dataclasses.is_dataclass(host):
-            data["host"] = {k: (_duration(v) if k in ("interval", "timeout") and isinstance(v, (int, float))
-                                and not isinstance(v, bool) else v)
-                            for k, v in dataclasses.asdict(host).items()}
+    host = dataclasses.asdict(config.host)
+    data["host"] = {k: _duration(v) if k in ("interval", "timeout") else v for k, v in host.items()}
     return data
 
 
