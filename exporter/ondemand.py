@@ -31,14 +31,14 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from .causes import REMEDIES, Cause
 from . import metrics as m
 from .assess import Outcome
+from .causes import REMEDIES, Cause
 from .collector import target_samples
 from .config import Config, ProbeJob
 from .exposition import render as render_samples
-from .redact import Redactor
 from .reasons import REASON_DESCRIPTIONS, Reason
+from .redact import Redactor
 from .state import JobStats
 from .utc import iso
 
