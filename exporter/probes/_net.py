@@ -248,27 +248,3 @@ def _log_unexpected(exc: BaseException, target: str) -> None:
         _UNEXPECTED_LOGGED.add(key)
     log.error("unexpected %s while fetching %s (reported as %s; logged once per error type and target)",
               key[0], target or "?", Reason.HTTP_ERROR, exc_info=exc)
-
-
-def result_from(
-    state: ProbeState, started_at: float, failure: ProbeFailure | None, *,
-    answer: HTTPAnswer | None = None, stream: Stream | None = None, tls: TLSFacts | None = None,
-) -> ProbeResult:
-    state.clock.stop()
-    http_status = answer.status if answer is not None else (failure.http_status if failure else 0)
-    if failure is not None:
-        state.log(f"FAILED: {failure.reason}: {failure.detail}")
-    else:
-        state.log(f"OK: HTTP {http_status}")
-    return ProbeResult(
-        success=failure is None,
-        reason=failure.reason if failure else None,
-        started_at=started_at,
-        duration=state.clock.elapsed(),
-        phases=tuple(state.clock.phases.items()),
-        detail=failure.detail if failure else "",
-        http_status=http_status,
-        peer=stream.peer if stream else "",
-        proxy_status=stream.proxy_status if stream else 0,
-        tls=tls,
-    )
