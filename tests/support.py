@@ -8,21 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import selectors
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterable
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from lab.servers import free_port
+from lab.servers import Files, Ok, free_port, refused_address
+from prometheus_client.parser import text_string_to_metric_families
 
+from exporter import metrics
 from exporter.assess import Outcome
 from exporter.catalogue import catalogue_groups
+from exporter.causes import VERDICT_TABLE
 from exporter.config import Config, load_config
 
 CATALOGUE_GROUPS = tuple(catalogue_groups())  # the built-in groups, which lab configs switch off
@@ -252,3 +258,164 @@ class ExporterThread:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
+
+
+# ----------------------------------------------------------------------------- the MAPS lab
+# (shared by test_maps, test_routes, test_inspection_proxy, test_forward_proxies, test_metric_values)
+
+MAPS = "https://wdcp.microsoft.com/"
+CRL_HOSTS = ("crl.microsoft.com", "www.microsoft.com")
+
+
+def serve_published(lab_servers, files: dict[str, bytes], **files_kwargs) -> dict[str, object]:
+    """One Files server on port 80 per host name of `files` (URL -> bytes)."""
+    by_host: dict[str, dict[str, bytes]] = {}
+    for url, data in files.items():
+        parts = urlsplit(url)
+        by_host.setdefault(parts.hostname, {})[parts.path] = data
+    return {host: lab_servers.serve(Files(paths, **files_kwargs), port=80) for host, paths in by_host.items()}
+
+
+class MapsLab:
+    """Builds the scenario's config: who serves MAPS, CRLs, and which route goes where."""
+
+    def __init__(self, tmp_path, lab_pki, lab_servers, *, leaf=None, files=None, crl_throttle=None):
+        self.tmp_path = tmp_path
+        self.pki = lab_pki
+        self.leaf = leaf or lab_pki.issue_leaf("wdcp.microsoft.com")
+        self.maps = lab_servers.serve(Ok(), port=443, tls=self.leaf)
+        self.files = files if files is not None else lab_pki.published_files()
+        self.crl = serve_published(lab_servers, self.files, **({"throttle": crl_throttle} if crl_throttle else {}))
+
+    @property
+    def hosts(self) -> dict[str, str]:
+        """Squid's hosts file: every lab name to its server."""
+        return {"wdcp.microsoft.com": self.maps.ip, **{h: s.ip for h, s in self.crl.items()}}
+
+    def direct_maps(self) -> list[str]:
+        return [self.maps.connect_to("wdcp.microsoft.com", 443)]
+
+    def direct_crls(self) -> list[str]:
+        return [server.connect_to(host, 80) for host, server in self.crl.items()]
+
+    @staticmethod
+    def refused_crls() -> list[str]:
+        """CRL hosts pointed at addresses where nothing listens (a firewall's RST)."""
+        rules = []
+        for host in CRL_HOSTS:
+            ip, port = refused_address()
+            rules.append(f"{host}:80:{ip}:{port}")
+        return rules
+
+    def config(self, *, routes=None, connect_to=(), ssl_options=None, ca_file=None, extra=None,
+               expected_roots=None) -> Path:
+        group = {"targets": [MAPS], "expected_roots": expected_roots or [root_fingerprint(self.pki)]}
+        return lab_config(
+            self.tmp_path, {"maps": group}, routes=routes, connect_to=connect_to, ssl_options=ssl_options,
+            ca_file=ca_file or self.pki.ca_bundle_path, extra=extra,
+        )
+
+    def outcome(self, **kwargs):
+        return outcome_for(self.config(**kwargs), MAPS)
+
+
+def assert_invalid(outcome, *, reason: str, cause: str, hresult: str | None = None):
+    verdict = outcome.maps
+    assert verdict is not None
+    assert not verdict.valid, "expected an invalid MAPS verdict"
+    assert (verdict.reason, verdict.cause) == (reason, cause), verdict
+    assert verdict.hresult == (hresult or VERDICT_TABLE[reason].hresult), verdict
+
+
+# ----------------------------------------------------------------------------- host mode
+# (test_hostside_wiring, test_host_routes)
+
+STANDINS = Path(__file__).parent / "standins"
+
+
+def host_config(tmp_path, **overrides):
+    host = {
+        "enabled": True, "mode": "windows", "interval": "1s", "timeout": "5s",
+        "mpcmdrun": str(STANDINS / "MpCmdRun.exe"), "netsh": str(STANDINS / "netsh"),
+        "reg": str(STANDINS / "reg"), "powershell": str(STANDINS / "powershell"),
+    }
+    host.update(overrides)
+    return lab_config(tmp_path, {}, extra={"host": host})
+
+
+def scrape_until(exporter, name, timeout=15.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        _, body = exporter.get("/metrics")
+        samples = [s for f in text_string_to_metric_families(body) for s in f.samples]
+        if any(s.name == name for s in samples):
+            return samples
+        time.sleep(0.2)
+    raise AssertionError(f"{name} never appeared")
+
+
+# ----------------------------------------------------------------------------- rules and PromQL
+# (test_alerts, test_dashboards, test_mixin)
+
+SEVERITIES = {"critical", "warning", "info"}
+# Metrics that are not the exporter's own but that rules may use.
+FOREIGN_METRICS = {"up", "ALERTS", "ALERTS_FOR_STATE"}
+PROMQL_WORDS = {
+    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
+    "bool", "offset", "inf", "nan", "atan2", "start", "end",
+}
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric (and recording rule) names a PromQL expression selects. A small lexer, not a parser."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expr)  # strings
+    text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", " ", text)  # ranges and subqueries
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", r" ", text)
+    names = set()
+    for m in re.finditer(r"(?<![\w.])([A-Za-z_:][\w:]*)\b(\s*\()?", text):
+        word, call = m.group(1), m.group(2)
+        if call or word.lower() in PROMQL_WORDS:
+            continue
+        names.add(word)
+    return names
+
+
+def known_metric(name: str, recorded: set[str]) -> bool:
+    exported = {spec.name for spec in metrics.ALL}
+    histograms = {spec.name for spec in metrics.ALL if spec.type == "histogram"}
+    if name in exported or name in FOREIGN_METRICS or name in recorded:
+        return True
+    return any(name == h + suffix for h in histograms for suffix in ("_bucket", "_sum", "_count"))
+
+
+def lint_alert(alert: dict) -> list[str]:
+    """What `mixtool lint` and the mixin guidelines (monitoring.mixins.dev) object to in an alert.
+
+    Name in CamelCase; a `severity` label of critical, warning or info; a `summary` that is a
+    headline (a sentence: capital letter, full stop, no templates, so that notifications grouped by
+    alert can share it); a `description` that is a sentence too; a `runbook_url`; and a `for`.
+    """
+    name = alert.get("alert", "")
+    problems = []
+    if not re.fullmatch(r"[A-Z][A-Za-z0-9]*", name):
+        problems.append("[alert-name-camelcase] name is not in CamelCase")
+    if alert.get("labels", {}).get("severity") not in SEVERITIES:
+        problems.append("[alert-severity-rule] severity must be one of " + ", ".join(sorted(SEVERITIES)))
+    if not re.fullmatch(r"\d+[smhd]", str(alert.get("for", ""))):
+        problems.append("[alert-for] no for: duration")
+    annotations = alert.get("annotations", {})
+    summary = str(annotations.get("summary", "")).strip()
+    description = str(annotations.get("description", "")).strip()
+    if not summary:
+        problems.append("[alert-summary-missing-rule] no summary")
+    elif not (summary[0].isupper() and summary.endswith(".")) or "{{" in summary:
+        problems.append("[alert-summary-style] summary must be one sentence without templates")
+    if not description:
+        problems.append("[alert-description-missing-rule] no description")
+    elif not ((description[0].isupper() or description.startswith("{{")) and description.endswith(".")):
+        problems.append("[alert-description-style] description must start with a capital or a template "
+                        "and end with a full stop")
+    if not str(annotations.get("runbook_url", "")).startswith("https://"):
+        problems.append("[alert-runbook-url] no runbook_url")
+    return [f"{name}: {p}" for p in problems]

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) without the package installed
     sys.path.insert(0, str(ROOT))
 
-from exporter import metrics  # noqa: E402
+from support import known_metric, lint_alert, metric_names  # noqa: E402
+
 ALERTS_DIR = ROOT / "alerts"
 ALERT_RULES = ALERTS_DIR / "defender-connectivity.rules.yml"
 RECORDING_RULES = ALERTS_DIR / "defender-connectivity-recording.rules.yml"
@@ -33,13 +34,6 @@ EXAMPLES = ROOT / "docs" / "examples"
 RUNBOOK_BASE = (
     "https://github.com/defender-connectivity-exporter/defender-connectivity-exporter"
     "/blob/main/docs/runbooks.md#")
-SEVERITIES = {"critical", "warning", "info"}
-# Metrics that are not the exporter's own but that rules may use.
-FOREIGN_METRICS = {"up", "ALERTS", "ALERTS_FOR_STATE"}
-PROMQL_WORDS = {
-    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
-    "bool", "offset", "inf", "nan", "atan2", "start", "end",
-}
 
 
 def _tool(name: str) -> str:
@@ -79,29 +73,6 @@ def runbook_anchors() -> set[str]:
     return {slug(m.group(1)) for m in re.finditer(r"^#{1,6}\s+(.+)$", RUNBOOKS.read_text(), re.M)}
 
 
-def metric_names(expr: str) -> set[str]:
-    """Metric (and recording rule) names a PromQL expression selects. A small lexer, not a parser."""
-    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expr)  # strings
-    text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
-    text = re.sub(r"\[[^\]]*\]", " ", text)  # ranges and subqueries
-    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", r" ", text)
-    names = set()
-    for m in re.finditer(r"(?<![\w.])([A-Za-z_:][\w:]*)\b(\s*\()?", text):
-        word, call = m.group(1), m.group(2)
-        if call or word.lower() in PROMQL_WORDS:
-            continue
-        names.add(word)
-    return names
-
-
-def known_metric(name: str, recorded: set[str]) -> bool:
-    exported = {spec.name for spec in metrics.ALL}
-    histograms = {spec.name for spec in metrics.ALL if spec.type == "histogram"}
-    if name in exported or name in FOREIGN_METRICS or name in recorded:
-        return True
-    return any(name == h + suffix for h in histograms for suffix in ("_bucket", "_sum", "_count"))
-
-
 # --- promtool ----------------------------------------------------------------
 
 def test_promtool_check_rules():
@@ -122,38 +93,6 @@ def test_lexer_finds_metric_names():
 
 
 # --- conventions ---------------------------------------------------------------
-
-def lint_alert(alert: dict) -> list[str]:
-    """What `mixtool lint` and the mixin guidelines (monitoring.mixins.dev) object to in an alert.
-
-    Name in CamelCase; a `severity` label of critical, warning or info; a `summary` that is a
-    headline (a sentence: capital letter, full stop, no templates, so that notifications grouped by
-    alert can share it); a `description` that is a sentence too; a `runbook_url`; and a `for`.
-    """
-    name = alert.get("alert", "")
-    problems = []
-    if not re.fullmatch(r"[A-Z][A-Za-z0-9]*", name):
-        problems.append("[alert-name-camelcase] name is not in CamelCase")
-    if alert.get("labels", {}).get("severity") not in SEVERITIES:
-        problems.append("[alert-severity-rule] severity must be one of " + ", ".join(sorted(SEVERITIES)))
-    if not re.fullmatch(r"\d+[smhd]", str(alert.get("for", ""))):
-        problems.append("[alert-for] no for: duration")
-    annotations = alert.get("annotations", {})
-    summary = str(annotations.get("summary", "")).strip()
-    description = str(annotations.get("description", "")).strip()
-    if not summary:
-        problems.append("[alert-summary-missing-rule] no summary")
-    elif not (summary[0].isupper() and summary.endswith(".")) or "{{" in summary:
-        problems.append("[alert-summary-style] summary must be one sentence without templates")
-    if not description:
-        problems.append("[alert-description-missing-rule] no description")
-    elif not ((description[0].isupper() or description.startswith("{{")) and description.endswith(".")):
-        problems.append("[alert-description-style] description must start with a capital or a template "
-                        "and end with a full stop")
-    if not str(annotations.get("runbook_url", "")).startswith("https://"):
-        problems.append("[alert-runbook-url] no runbook_url")
-    return [f"{name}: {p}" for p in problems]
-
 
 def test_lint_alert_finds_what_mixtool_would():
     bad = {"alert": "defender_thing down", "labels": {"severity": "page"},

@@ -18,7 +18,7 @@ import yaml
 import dashboard_queries as dq
 import promlab
 import promql_ast as ast
-from test_alerts import known_metric, metric_names
+from support import known_metric, metric_names
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = dq.dashboards()

@@ -14,7 +14,7 @@ from lab.forward_proxies import ApacheProxy, Tinyproxy
 from lab.servers import LabServers, Ok, refused_address
 from lab.squid import Squid
 from support import lab_config, outcome_for, root_fingerprint
-from test_maps import CRL_HOSTS, MAPS, MapsLab
+from support import CRL_HOSTS, MAPS, MapsLab
 
 from exporter.causes import Cause, Finding
 from exporter.reasons import Reason

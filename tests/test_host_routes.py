@@ -12,7 +12,7 @@ from exporter.hostside.collector import HostSnapshot, host_samples
 from exporter.hostside.proxysettings import parse_advproxy, parse_internet_settings, parse_policy_string
 from exporter.hostside.winhttp import parse_winhttp_proxy
 from exporter.routes import host_route_checks
-from test_hostside_wiring import _host_config, _scrape_until
+from support import host_config, scrape_until
 
 from support import ExporterThread
 
@@ -81,11 +81,11 @@ def test_route_checks_compare_config_with_the_host():
 
 def test_host_mode_reports_settings_and_the_mismatch(tmp_path, monkeypatch):
     monkeypatch.setenv("STANDIN_SCENARIO", "pac_system")
-    path = _host_config(tmp_path)
+    path = host_config(tmp_path)
     text = path.read_text() + "routes:\n  defender:\n    pac: http://wpad.contoso.com/proxy.pac\n"
     path.write_text(text)
     with ExporterThread(path) as exporter:
-        samples = _scrape_until(exporter, "defender_host_route_mismatch")
+        samples = scrape_until(exporter, "defender_host_route_mismatch")
     settings = {s.labels["source"]: s.labels for s in samples if s.name == "defender_host_proxy_settings_info"}
     assert settings["defender_policy"]["pac_url"] == "http://wpad.contoso.com/proxy.pac"
     assert settings["defender_policy"]["bypass"] == "<local>;*.contoso.com"

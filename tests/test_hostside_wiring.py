@@ -7,41 +7,16 @@ tests/standins print the article's documented outputs and exit as the tools do.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
-from support import ExporterThread, lab_config
-
-
-STANDINS = Path(__file__).parent / "standins"
-
-
-def _host_config(tmp_path, **overrides):
-    host = {
-        "enabled": True, "mode": "windows", "interval": "1s", "timeout": "5s",
-        "mpcmdrun": str(STANDINS / "MpCmdRun.exe"), "netsh": str(STANDINS / "netsh"),
-        "reg": str(STANDINS / "reg"), "powershell": str(STANDINS / "powershell"),
-    }
-    host.update(overrides)
-    return lab_config(tmp_path, {}, extra={"host": host})
-
-
-def _scrape_until(exporter, name, timeout=15.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        _, body = exporter.get("/metrics")
-        samples = [s for f in text_string_to_metric_families(body) for s in f.samples]
-        if any(s.name == name for s in samples):
-            return samples
-        time.sleep(0.2)
-    raise AssertionError(f"{name} never appeared")
+from support import ExporterThread, host_config, lab_config, scrape_until
 
 
 def test_host_mode_reports_the_articles_failure(tmp_path, monkeypatch):
     monkeypatch.setenv("STANDIN_SCENARIO", "winhttp_missing")
     monkeypatch.setenv("STANDIN_HRESULT", "0x80070006")
-    with ExporterThread(_host_config(tmp_path)) as exporter:
-        samples = _scrape_until(exporter, "defender_host_winhttp_proxy_configured")
+    with ExporterThread(host_config(tmp_path)) as exporter:
+        samples = scrape_until(exporter, "defender_host_winhttp_proxy_configured")
     by_name = {}
     for s in samples:
         by_name.setdefault(s.name, []).append(s)
@@ -56,9 +31,9 @@ def test_host_mode_reports_the_articles_failure(tmp_path, monkeypatch):
 
 def test_host_mode_healthy_and_a_missing_tool(tmp_path, monkeypatch):
     monkeypatch.setenv("STANDIN_SCENARIO", "healthy")
-    path = _host_config(tmp_path, powershell=str(tmp_path / "no-such-powershell"))
+    path = host_config(tmp_path, powershell=str(tmp_path / "no-such-powershell"))
     with ExporterThread(path) as exporter:
-        samples = _scrape_until(exporter, "defender_host_winhttp_proxy_configured")
+        samples = scrape_until(exporter, "defender_host_winhttp_proxy_configured")
         _, body = exporter.get("/metrics")
     assert body.count("# TYPE defender_maps_connection_valid ") == 1
     valid = [s for s in samples if s.name == "defender_maps_connection_valid" and s.labels["source"] == "mpcmdrun"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 from lab.mitm import Mitmdump
-from test_maps import MAPS, MapsLab, assert_invalid
+from support import MAPS, MapsLab, assert_invalid
 
 from exporter.causes import Cause, Finding
 

@@ -18,13 +18,20 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from lab.servers import Files, Ok, refused_address
 from prometheus_client.parser import text_string_to_metric_families
-from support import ExporterThread, lab_config, outcome_for, root_fingerprint
+from support import (
+    CRL_HOSTS,
+    MAPS,
+    ExporterThread,
+    MapsLab,
+    assert_invalid,
+    lab_config,
+    outcome_for,
+    root_fingerprint,
+)
 
 from exporter.causes import (
     ARTICLE_HRESULTS,
-    VERDICT_TABLE,
     Cause,
     Finding,
     render_verdict_table,
@@ -33,70 +40,7 @@ from exporter.reasons import Reason
 
 # Each test runs over both probe transports (conftest.probe_transport).
 pytestmark = pytest.mark.usefixtures("probe_transport")
-
-MAPS = "https://wdcp.microsoft.com/"
-CRL_HOSTS = ("crl.microsoft.com", "www.microsoft.com")
 DOC = Path(__file__).parent.parent / "docs" / "maps-validation.md"
-
-
-def serve_published(lab_servers, files: dict[str, bytes], **files_kwargs) -> dict[str, object]:
-    """One Files server on port 80 per host name of `files` (URL -> bytes)."""
-    by_host: dict[str, dict[str, bytes]] = {}
-    for url, data in files.items():
-        parts = urlsplit(url)
-        by_host.setdefault(parts.hostname, {})[parts.path] = data
-    return {host: lab_servers.serve(Files(paths, **files_kwargs), port=80) for host, paths in by_host.items()}
-
-
-class MapsLab:
-    """Builds the scenario's config: who serves MAPS, CRLs, and which route goes where."""
-
-    def __init__(self, tmp_path, lab_pki, lab_servers, *, leaf=None, files=None, crl_throttle=None):
-        self.tmp_path = tmp_path
-        self.pki = lab_pki
-        self.leaf = leaf or lab_pki.issue_leaf("wdcp.microsoft.com")
-        self.maps = lab_servers.serve(Ok(), port=443, tls=self.leaf)
-        self.files = files if files is not None else lab_pki.published_files()
-        self.crl = serve_published(lab_servers, self.files, **({"throttle": crl_throttle} if crl_throttle else {}))
-
-    @property
-    def hosts(self) -> dict[str, str]:
-        """Squid's hosts file: every lab name to its server."""
-        return {"wdcp.microsoft.com": self.maps.ip, **{h: s.ip for h, s in self.crl.items()}}
-
-    def direct_maps(self) -> list[str]:
-        return [self.maps.connect_to("wdcp.microsoft.com", 443)]
-
-    def direct_crls(self) -> list[str]:
-        return [server.connect_to(host, 80) for host, server in self.crl.items()]
-
-    @staticmethod
-    def refused_crls() -> list[str]:
-        """CRL hosts pointed at addresses where nothing listens (a firewall's RST)."""
-        rules = []
-        for host in CRL_HOSTS:
-            ip, port = refused_address()
-            rules.append(f"{host}:80:{ip}:{port}")
-        return rules
-
-    def config(self, *, routes=None, connect_to=(), ssl_options=None, ca_file=None, extra=None,
-               expected_roots=None) -> Path:
-        group = {"targets": [MAPS], "expected_roots": expected_roots or [root_fingerprint(self.pki)]}
-        return lab_config(
-            self.tmp_path, {"maps": group}, routes=routes, connect_to=connect_to, ssl_options=ssl_options,
-            ca_file=ca_file or self.pki.ca_bundle_path, extra=extra,
-        )
-
-    def outcome(self, **kwargs):
-        return outcome_for(self.config(**kwargs), MAPS)
-
-
-def assert_invalid(outcome, *, reason: str, cause: str, hresult: str | None = None):
-    verdict = outcome.maps
-    assert verdict is not None
-    assert not verdict.valid, "expected an invalid MAPS verdict"
-    assert (verdict.reason, verdict.cause) == (reason, cause), verdict
-    assert verdict.hresult == (hresult or VERDICT_TABLE[reason].hresult), verdict
 
 
 # ------------------------------------------------------------------ 1. healthy

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from lab.servers import Ok
 from prometheus_client.parser import text_string_to_metric_families
 from support import ExporterThread, lab_config, root_fingerprint
-from test_maps import MAPS, serve_published
+from support import MAPS, serve_published
 
 from exporter import __version__
 

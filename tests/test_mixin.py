@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_alerts import lint_alert
+from support import lint_alert
 
 ROOT = Path(__file__).resolve().parent.parent
 
