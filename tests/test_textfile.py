@@ -24,15 +24,16 @@ import nodelab
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from support import CATALOGUE_GROUPS
 
 from exporter.cli import build_host_parser
-from exporter.collector import DefenderCollector
-from exporter.hostside import HostConfig, collect_host
+from exporter.config import HostConfig, parse_config
+from exporter.hostside import collect_host
 from exporter.hostside.textfile import (
     EXIT_COLLECTOR_FAILED, EXIT_OK, EXIT_USAGE, EXIT_WRITE_FAILED, FILENAME, TextfileError, render,
     write_atomically,
 )
-from exporter.state import ResultStore
+from exporter.runtime import Exporter
 
 STANDINS = Path(__file__).parent / "standins"
 TEXTFILE_ONLY = ("defender_host_textfile_collector_success", "defender_host_textfile_last_run_timestamp_seconds")
@@ -203,9 +204,10 @@ def test_same_series_as_the_exporter(monkeypatch, mode, scenario):
     """Every host-side series the exporter would serve for this collection, with the same name,
     labels and value, and nothing else but the two textfile-only families."""
     snapshot = _snapshot(monkeypatch, scenario, mode)
-    store = ResultStore()
-    store.host_snapshot = snapshot
-    served = _samples(DefenderCollector(store).render_exposition().decode())
+    off = ", ".join(f"{g}: {{enabled: false}}" for g in CATALOGUE_GROUPS)
+    exporter = Exporter(parse_config(f"groups: {{{off}}}\n"))
+    exporter.host_snapshot = snapshot
+    served = _samples(exporter.collector.render_exposition().decode())
     served = {k: v for k, v in served.items()
               if k[0].startswith("defender_host_") or dict(k[1]).get("source") in ("mpcmdrun", "mdatp")}
     written = _samples(render(snapshot).decode())
