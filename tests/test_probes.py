@@ -357,7 +357,11 @@ def test_plain_http_through_proxy_uses_absolute_uri(tmp_path, lab_servers, squid
     probe = outcome_for(path, url).probe
     assert probe.success, probe.detail  # the origin's own 403 counts as reached
     assert probe.http_status == 403
-    # Squid (a forward proxy) takes only the absolute form and logs its URL; it sends the origin form on.
+    # Squid (a forward proxy) takes only the absolute form and logs its URL (its log is written
+    # a moment later); it sends the origin form on.
+    deadline = time.monotonic() + 10
+    while not any(f" GET {url} " in line for line in squid.access_log_lines()) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert any(f" GET {url} " in line for line in squid.access_log_lines()), squid.access_log_lines()
     assert server.request_lines == ["GET /fwlink HTTP/1.1"]
     # What a proxy receives, as sent: a recording server in the proxy's place.
@@ -482,10 +486,13 @@ def test_a_bug_in_the_probe_path_is_logged_with_its_traceback_once(tmp_path, lab
     exception type and target (not once per probe)."""
     import logging
 
+    from exporter.probes import _net
+
     def broken_verify(self, presented, host):
         raise ZeroDivisionError("a bug in the chain check")
 
     monkeypatch.setattr(TrustStore, "verify", broken_verify)
+    monkeypatch.setattr(_net, "_UNEXPECTED_LOGGED", set())  # the log is once per process: start afresh
     server = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_leaf("wdcp.microsoft.com"))
     caplog.set_level(logging.ERROR, logger="exporter.probes")
     probes = [probe_maps(tmp_path, [server.connect_to("wdcp.microsoft.com", 443)], ca_file=lab_pki.ca_bundle_path)

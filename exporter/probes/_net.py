@@ -50,28 +50,42 @@ class PhaseClock:
         self.step = ""  # e.g. "connect", "proxy connect", "tls"
         self._phase: str | None = None
         self._since = 0.0
+        self._begun = False
+        self._stopped: float | None = None
         self.started = time.perf_counter()
 
     def begin(self, phase: str, step: str | None = None, *, at: float | None = None) -> None:
         """Start `phase` now, or `at` (a perf_counter time) when the moment it
         began is known better than "now": the kernel's arrival time of a first
-        byte read late. `at` is kept inside the phase that ends, never ahead of now."""
+        byte read late. `at` is kept inside the phase that ends, never ahead of now.
+
+        The probe's duration runs from the first phase's start to the last stop,
+        and a phase begun after a stop starts at the stop: the phases add up to
+        the duration however late the thread got back to each boundary."""
         now = time.perf_counter()
         if at is not None:
             now = min(max(at, self._since), now)
+        if not self._begun:
+            self._begun, self.started = True, now
+        elif self._phase is None and self._stopped is not None:
+            now = self._stopped
         self._close(now)
         self._phase, self._since, self.step = phase, now, step or phase
 
     def stop(self) -> None:
-        self._close(time.perf_counter())
-        self._phase = None
+        if self._phase is None:
+            return  # stopped already: the first stop is when the probe ended
+        now = time.perf_counter()
+        self._close(now)
+        self._phase, self._stopped = None, now
 
     def _close(self, now: float) -> None:
         if self._phase is not None:
             self.phases[self._phase] += now - self._since
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.started
+        end = self._stopped if self._phase is None and self._stopped is not None else time.perf_counter()
+        return end - self.started
 
 
 @dataclass

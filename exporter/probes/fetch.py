@@ -194,8 +194,9 @@ async def _once(progress: _Progress, route: Route, connect_to: tuple[ConnectTo, 
         fields += headers
         parser = new_parser(limits)
         await stream.conn.send(request_bytes(parser, method, target, fields, body))
-        state.log(f"sent {method} {target} (Host: {authority})")
+        # The clock first: the log line (a trace callback) must not delay the phase's start.
         state.clock.begin("processing", "waiting for the first byte of the response")
+        state.log(f"sent {method} {target} (Host: {authority})")
         response = await read_response(stream.conn, parser, state, limits.header_bytes)
         state.log(f"answer {response.status_code} {response.reason.decode('latin-1')}")
         # Through a proxy, an error's body may be the proxy's error page: keep its start to tell.
