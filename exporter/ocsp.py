@@ -49,6 +49,7 @@ from .crl import RevocationStatus
 from .probes.fetch import CRYPTNET_REDIRECTS, fetch
 from .reasons import Reason
 from .probes._tls import ocsp_urls  # noqa: F401 - part of this module's API
+from .utc import iso
 
 RECHECK_SECONDS = 15.0
 MAX_RESPONSE_BYTES = 64 * 1024  # real responses are 1-4 KB; a delegated signer's certificate adds ~2 KB
@@ -168,10 +169,10 @@ class OCSPCache:
         if answer is None:
             return RevocationStatus("invalid", check.url, check.error, source="ocsp")
         if answer.next_update < now:
-            return RevocationStatus("stale", check.url, f"nextUpdate {_iso(answer.next_update)} has passed",
+            return RevocationStatus("stale", check.url, f"nextUpdate {iso(answer.next_update)} has passed",
                                     source="ocsp")
         if answer.status == "revoked":
-            when = f" since {_iso(answer.revoked_at)}" if answer.revoked_at else ""
+            when = f" since {iso(answer.revoked_at)}" if answer.revoked_at else ""
             return RevocationStatus("revoked", check.url, f"the responder says revoked{when}", source="ocsp",
                                     valid_until=answer.next_update)
         if answer.status == "unknown":
@@ -216,7 +217,7 @@ def parse_response(body: bytes, cert: x509.Certificate, issuer: x509.Certificate
             return None, "the response's signature does not verify"
         this_update = single.this_update_utc.timestamp()
         if this_update > now + CLOCK_SKEW:
-            return None, f"thisUpdate {_iso(this_update)} is in the future"
+            return None, f"thisUpdate {iso(this_update)} is in the future"
         next_update = (single.next_update_utc.timestamp() if single.next_update_utc is not None
                        else this_update + FALLBACK_VALIDITY)
         status = {ocsp.OCSPCertStatus.GOOD: "good", ocsp.OCSPCertStatus.REVOKED: "revoked"}.get(
@@ -297,6 +298,3 @@ def _signature_ok(key, response: ocsp.OCSPResponse) -> bool:
         return False
     return True
 
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -25,9 +25,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from lab.servers import free_port
 from support import lab_config
 
-from conftest import free_port
 from exporter.config import ConfigError, load_config
 from exporter.probes._tls import TrustStore
 

@@ -18,7 +18,6 @@ from urllib.parse import unquote
 import pytest
 from support import ExporterThread, lab_config
 
-from conftest import free_port
 from exporter.config import ConfigError, parse_config
 
 REPO = Path(__file__).parent.parent
@@ -84,7 +83,7 @@ def test_config_check_prints_no_secret(tmp_path):
 def test_reload_answer_and_log_carry_no_secret(tmp_path, caplog):
     path = lab_config(tmp_path, {"maps": ["https://wdcp.microsoft.com/"]}, connect_to=["::127.0.0.1:9"])
     good = path.read_text()
-    with ExporterThread(path, port=free_port()) as exp:
+    with ExporterThread(path) as exp:
         for name, text in CASES.items():
             path.write_text(text)
             request = urllib.request.Request(f"http://127.0.0.1:{exp.port}/-/reload", method="POST")
