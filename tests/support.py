@@ -319,6 +319,24 @@ class MapsLab:
         return outcome_for(self.config(**kwargs), MAPS)
 
 
+def samples_by_name(text: str) -> dict[str, list]:
+    """The samples of an exposition, by sample name."""
+    out: dict[str, list] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append(sample)
+    return out
+
+
+def scrape_samples(config_path: Path) -> dict[str, list]:
+    """/metrics of an exporter on this config, once its first round is done, by sample name."""
+    with ExporterThread(config_path) as exporter:
+        exporter.wait_ready()
+        status, text = exporter.get("/metrics")
+    assert status == 200
+    return samples_by_name(text)
+
+
 def assert_invalid(outcome, *, reason: str, cause: str, hresult: str | None = None):
     verdict = outcome.maps
     assert verdict is not None

@@ -9,8 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 from lab.servers import Files, refused_address
-from support import lab_config, outcome_for, root_fingerprint
-from test_maps import MapsLab
+from support import MapsLab, lab_config, outcome_for, root_fingerprint
 
 import exporter.aia
 from exporter.aia import IssuerCache, load_certificates

@@ -18,12 +18,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from support import (
     CRL_HOSTS,
     MAPS,
-    ExporterThread,
     MapsLab,
+    scrape_samples,
     assert_invalid,
     lab_config,
     outcome_for,
@@ -269,26 +268,10 @@ def test_winhttp_proxy_asks_for_credentials_for_crls(tmp_path, lab_pki, lab_serv
 # ------------------------------------------------------------------ metrics from the real exporter
 
 
-def _samples(text: str) -> dict[str, list]:
-    out: dict[str, list] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out.setdefault(sample.name, []).append(sample)
-    return out
-
-
-def _scrape(config_path: Path) -> dict[str, list]:
-    with ExporterThread(config_path) as exporter:
-        exporter.wait_ready()
-        status, text = exporter.get("/metrics")
-    assert status == 200
-    return _samples(text)
-
-
 def test_trap_metrics_from_the_exporter(tmp_path, lab_pki, lab_servers, squid_factory):
     lab = MapsLab(tmp_path, lab_pki, lab_servers)
     squid = squid_factory(lab.hosts)
-    samples = _scrape(lab.config(routes={"defender": squid.url}, connect_to=lab.refused_crls()))
+    samples = scrape_samples(lab.config(routes={"defender": squid.url}, connect_to=lab.refused_crls()))
     target = {"group": "maps", "target": MAPS, "route": "defender"}
 
     def value(name, **labels):
@@ -312,7 +295,7 @@ def test_revoked_metrics_from_the_exporter(tmp_path, lab_pki, lab_servers):
     leaf = lab_pki.issue_leaf("wdcp.microsoft.com")
     lab = MapsLab(tmp_path, lab_pki, lab_servers, leaf=leaf,
                   files=lab_pki.published_files(revoked_serials=[leaf.serial]))
-    samples = _scrape(lab.config(connect_to=lab.direct_maps() + lab.direct_crls()))
+    samples = scrape_samples(lab.config(connect_to=lab.direct_maps() + lab.direct_crls()))
     by_name = {name: [s for s in ss if s.labels.get("target") == MAPS] for name, ss in samples.items()}
     assert [s.value for s in by_name["defender_probe_success"]] == [1]
     assert [s.value for s in by_name["defender_tls_cert_revoked"]] == [1]

@@ -187,7 +187,7 @@ class OCSPLab:
     """MAPS on the lab TLS server, CRLs on Files servers, OCSP on the lab responder; all direct."""
 
     def __init__(self, tmp_path, pki, lab_servers, *, leaf=None, delegated=False):
-        from test_maps import serve_published
+        from support import serve_published
 
         self.tmp_path, self.pki = tmp_path, pki
         self.leaf = leaf or pki.issue_leaf("wdcp.microsoft.com")
@@ -290,11 +290,11 @@ def test_ocsp_and_valid_until_series_from_the_exporter(tmp_path, ocsp_pki, lab_s
     import time
 
     from support import lab_config, root_fingerprint
-    from test_maps import _scrape
+    from support import scrape_samples
 
     lab = OCSPLab(tmp_path, ocsp_pki, lab_servers)
     group = {"targets": [MAPS], "expected_roots": [root_fingerprint(ocsp_pki)]}
-    samples = _scrape(lab_config(tmp_path, {"maps": group}, connect_to=lab.rules(crl=False),
+    samples = scrape_samples(lab_config(tmp_path, {"maps": group}, connect_to=lab.rules(crl=False),
                                  ca_file=ocsp_pki.ca_bundle_path))
 
     def one(name, **labels):
