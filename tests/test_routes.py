@@ -23,7 +23,7 @@ import pytest
 from lab.servers import Files, Ok, ResetOnAccept, alloc_ip, refused_address
 from prometheus_client.parser import text_string_to_metric_families
 from support import ExporterThread, lab_config, run_jobs
-from support import MAPS, MapsLab, assert_invalid
+from support import CRL_HOSTS, MAPS, MapsLab, assert_invalid
 
 from exporter import metrics as m
 from exporter.causes import Cause, Finding
