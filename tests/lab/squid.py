@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,6 +31,8 @@ from types import TracebackType
 SQUID_BINARY = "squid"
 NCSA_AUTH = "/usr/lib/squid/basic_ncsa_auth"
 
+
+_SERVICE_NUMBERS = itertools.count()  # per-process service names for lab Squids
 
 class SquidError(RuntimeError):
     pass
@@ -143,6 +146,7 @@ class Squid:
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen[bytes] | None = None
         self._resolver: _NxDomainResolver | None = None
+        self._service = ""  # Squid's service name (-n), set at launch
 
     # ---------------------------------------------------------------- public
 
@@ -215,6 +219,9 @@ class Squid:
         and nothing here needs it (logs are written unbuffered). Kill the whole process group,
         helpers (basic_ncsa_auth) included."""
         self._kill()
+        if self._service:  # the kill leaves its shared-memory segments behind
+            for segment in Path("/dev/shm").glob(f"{self._service}-*"):
+                segment.unlink(missing_ok=True)
         if self._resolver is not None:
             self._resolver.close()
             self._resolver = None
@@ -320,8 +327,12 @@ class Squid:
         stderr_path = self.rundir / "stderr.log"
         with open(stderr_path, "wb") as stderr:
             # -N: foreground, no daemon; its own session so stop() can kill helpers with it.
+            # -n: a service name of its own, so its shared-memory segments (/dev/shm/<name>-cf__*)
+            # never meet another lab Squid's, nor the stale ones a killed Squid leaves behind
+            # ("shm_open /squid-cf__metadata.shm: File exists").
+            self._service = service = f"lab{os.getpid()}x{next(_SERVICE_NUMBERS)}"
             self.process = subprocess.Popen(
-                [binary, "-N", "-f", str(self._conf_path())],
+                [binary, "-N", "-n", service, "-f", str(self._conf_path())],
                 stdin=subprocess.DEVNULL,
                 stdout=stderr,
                 stderr=stderr,
