@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
 from .config import ConnectTo, Limits, Route
-from .probes.fetch import CRYPTNET_REDIRECTS, fetch
+from .probes.fetch import CRYPTNET_REDIRECTS, UnexpectedErrors, fetch
 from .probes._tls import ca_issuers_urls as _ca_issuers
 
 MAX_ISSUER_BYTES = 64 * 1024
@@ -63,8 +63,10 @@ class ChainCompletion:
 
 
 class IssuerCache:
-    def __init__(self, limits: Limits, connect_to: tuple[ConnectTo, ...], route: Route):
+    def __init__(self, limits: Limits, connect_to: tuple[ConnectTo, ...], route: Route, *,
+                 errors: UnexpectedErrors | None = None):
         self.limits, self.connect_to, self.route = limits, connect_to, route
+        self.errors = errors if errors is not None else UnexpectedErrors()  # the fetches' unexpected errors
         self.fetches: OrderedDict[str, IssuerFetch] = OrderedDict()
 
     async def issuers(self, url: str, timeout: float) -> IssuerFetch:
@@ -75,7 +77,7 @@ class IssuerCache:
             return known
         started = time.time()
         got = await fetch(url, self.route, self.connect_to, self.limits, timeout=timeout, body_cap=MAX_ISSUER_BYTES,
-                          redirects=CRYPTNET_REDIRECTS)
+                          redirects=CRYPTNET_REDIRECTS, errors=self.errors)
         answer = got.answer
         if got.failure is not None:
             # Network failures and the proxy's own answers (proxy reasons): the URL is unreachable.

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes
 
 from .config import ConnectTo, Limits, Route
 from .probes.content import load_crl
-from .probes.fetch import CRYPTNET_REDIRECTS, fetch
+from .probes.fetch import CRYPTNET_REDIRECTS, UnexpectedErrors, fetch
 from .reasons import Reason
 from .utc import iso
 
@@ -97,6 +97,7 @@ class CRLCache:
         self.checks: dict[tuple[str, str], CRLCheck] = {}
         self.signature_ok: dict[tuple[bytes, bytes], bool] = {}
         self._in_flight: dict[tuple[str, str], asyncio.Task] = {}
+        self.errors = UnexpectedErrors()  # the fetches' unexpected errors, logged once
 
     def reconfigure(self, limits: Limits, connect_to: tuple[ConnectTo, ...]) -> None:
         self.limits, self.connect_to = limits, connect_to
@@ -143,7 +144,7 @@ class CRLCache:
             if cached.last_modified:
                 conditional.append(("If-Modified-Since", cached.last_modified))
         fetched = await fetch(url, route, self.connect_to, self.limits, timeout=timeout, headers=conditional,
-                              body_cap=self.limits.crl_bytes, redirects=CRYPTNET_REDIRECTS)
+                              body_cap=self.limits.crl_bytes, redirects=CRYPTNET_REDIRECTS, errors=self.errors)
         duration = time.time() - started
         failure, answer = fetched.failure, fetched.answer
         if failure is not None:

@@ -46,9 +46,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from .config import ConnectTo, Limits, Route
 from .crl import RevocationStatus
-from .probes.fetch import CRYPTNET_REDIRECTS, fetch
+from .probes.fetch import CRYPTNET_REDIRECTS, UnexpectedErrors, fetch
 from .reasons import Reason
-from .probes._tls import ocsp_urls  # noqa: F401 - part of this module's API
 from .utc import iso
 
 RECHECK_SECONDS = 15.0
@@ -95,6 +94,7 @@ class OCSPCache:
         # The last usable answer per (url, certificate): what an endpoint's cache holds.
         self.last_good: OrderedDict[tuple[str, bytes], OCSPAnswer] = OrderedDict()
         self._in_flight: dict[tuple[str, str, bytes], asyncio.Task] = {}
+        self.errors = UnexpectedErrors()  # the fetches' unexpected errors, logged once
 
     def reconfigure(self, limits: Limits, connect_to: tuple[ConnectTo, ...]) -> None:
         self.limits, self.connect_to = limits, connect_to
@@ -143,7 +143,8 @@ class OCSPCache:
         method, target, body, headers = request_for(url, der)
         started = time.time()
         got = await fetch(target, route, self.connect_to, self.limits, timeout=timeout, method=method, body=body,
-                          headers=headers, body_cap=MAX_RESPONSE_BYTES, redirects=CRYPTNET_REDIRECTS)
+                          headers=headers, body_cap=MAX_RESPONSE_BYTES, redirects=CRYPTNET_REDIRECTS,
+                          errors=self.errors)
         duration = time.time() - started
         if got.failure is not None:
             return OCSPCheck(url, route.name, method, False, duration, started, got.failure.http_status,

@@ -244,7 +244,8 @@ class PacSource:
         if cached is not None and cached.last_modified:
             conditional.append(("If-Modified-Since", cached.last_modified))
         fetched = await fetch(url, self.fetch_route, env.connect_to, env.limits, timeout=PAC_FETCH_TIMEOUT,
-                              headers=conditional, body_cap=MAX_SCRIPT, tls=TLSPolicy(env.ssl_context, env.trust))
+                              headers=conditional, body_cap=MAX_SCRIPT, tls=TLSPolicy(env.ssl_context, env.trust),
+                              errors=env.errors)
         failure, answer = fetched.failure, fetched.answer
         if failure is not None or answer is None:
             words = f"{failure.reason}: {failure.detail}" if failure is not None else "no answer"

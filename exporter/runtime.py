@@ -138,7 +138,7 @@ class Exporter:
         async with self._reload_lock:
             try:
                 config = await asyncio.to_thread(load_config, self.config_path)
-                env = await asyncio.to_thread(ProbeEnv.from_config, config)
+                env = await asyncio.to_thread(ProbeEnv.from_config, config, errors=self.env.errors)
                 if self.web_config is not None and self.web_config_path:
                     new_web = await asyncio.to_thread(load_web_config, self.web_config_path)
                     self.web_config.update_from(new_web, self.web_ssl_context)

@@ -43,7 +43,7 @@ from support import ExporterThread, lab_config, outcome_for
 from exporter import config as config_module
 from exporter.config import ConfigError, load_config, parse_config
 from exporter.crl import _parse as parse_crl
-from exporter.probes._tls import TrustStore, cert_facts
+from exporter.probes._tls import TrustStore
 from exporter.reasons import Reason
 from exporter.runtime import Exporter
 
@@ -97,7 +97,7 @@ def check_verdict(chain: list[bytes], hostname: str = "wdcp.microsoft.com") -> N
 def test_verify_survives_random_bytes(chain, hostname):
     check_verdict(chain, hostname or "x")
     for der in chain:
-        assert cert_facts(der) is None or cert_facts(der).der == der
+        assert trust().facts.get(der) is None or trust().facts.get(der).der == der
 
 
 @FUZZ
@@ -106,7 +106,7 @@ def test_verify_survives_mutated_real_chains(e1, c1, e2, c2, hostname):
     leaf, issuing = mutate(_SAMPLES["leaf"], e1, c1), mutate(_SAMPLES["issuing"], e2, c2)
     check_verdict([leaf, issuing], hostname)
     check_verdict([issuing, leaf], hostname)
-    facts = cert_facts(leaf)
+    facts = trust().facts.get(leaf)
     assert facts is None or facts.fingerprint_sha256
 
 

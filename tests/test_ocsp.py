@@ -14,7 +14,8 @@ from lab.servers import Handler, Ok, refused_address
 
 import exporter.ocsp
 from exporter.config import ConnectTo, Limits, Route, load_config
-from exporter.ocsp import OCSPCache, ocsp_urls, request_for
+from exporter.ocsp import OCSPCache, request_for
+from exporter.probes._tls import ocsp_urls
 
 SYSTEM = Route("system")
 OCSP_URL = "http://oneocsp.microsoft.com/ocsp"

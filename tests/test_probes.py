@@ -483,22 +483,31 @@ def test_a_bug_in_the_probe_path_is_logged_with_its_traceback_once(tmp_path, lab
                                                                    caplog):
     """translate()'s catch-all still reports a reason, but a bug of ours must not
     pass for the endpoint's failure unseen: its traceback is logged, once per
-    exception type and target (not once per probe)."""
+    exception type and target (not once per probe), by each exporter for itself
+    (the log belongs to its ProbeEnv: two exporters in one process share nothing)."""
+    import asyncio
     import logging
 
-    from exporter.probes import _net
+    from exporter.config import load_config
+    from exporter.probes import ProbeEnv, run_probe
 
     def broken_verify(self, presented, host):
         raise ZeroDivisionError("a bug in the chain check")
 
     monkeypatch.setattr(TrustStore, "verify", broken_verify)
-    monkeypatch.setattr(_net, "_UNEXPECTED_LOGGED", set())  # the log is once per process: start afresh
     server = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_leaf("wdcp.microsoft.com"))
+    connect_to = [server.connect_to("wdcp.microsoft.com", 443)]
+    config = load_config(lab_config(tmp_path, {"maps": [MAPS]}, connect_to=connect_to, ca_file=lab_pki.ca_bundle_path))
+    [job] = config.jobs()
     caplog.set_level(logging.ERROR, logger="exporter.probes")
-    probes = [probe_maps(tmp_path, [server.connect_to("wdcp.microsoft.com", 443)], ca_file=lab_pki.ca_bundle_path)
-              for _ in range(2)]
+
+    async def probes():
+        one, other = ProbeEnv.from_config(config), ProbeEnv.from_config(config)
+        return [await run_probe(job, env) for env in (one, one, other)]
+
+    probes = asyncio.run(probes())
     assert all(p.reason == Reason.HTTP_ERROR and "unexpected ZeroDivisionError" in p.detail for p in probes)
     logged = [r for r in caplog.records if r.name == "exporter.probes"]
-    assert len(logged) == 1, [r.getMessage() for r in logged]
+    assert len(logged) == 2, [r.getMessage() for r in logged]  # once by each env, not per probe
     assert MAPS in logged[0].getMessage() and "ZeroDivisionError" in logged[0].getMessage()
     assert logged[0].exc_info is not None and "a bug in the chain check" in caplog.text

@@ -88,6 +88,31 @@ class PhaseClock:
         return end - self.started
 
 
+class UnexpectedErrors:
+    """The log of exceptions no rule of translate() expects: a bug of ours (or of
+    a library). It still becomes a reason, but with its traceback in the log, so
+    that it is never silently relabelled as an endpoint's failure; once per
+    (exception type, target), so a bug that fails every probe of a target is
+    logged once, not once per interval. Bounded: past `kept` pairs nothing new is
+    remembered, and every new pair is still logged.
+
+    Owned by whoever runs the fetches (an exporter's ProbeEnv, its CRL and OCSP
+    caches), so two exporters in one process log their own."""
+
+    def __init__(self, kept: int = 1024):
+        self._kept = kept
+        self._logged: set[tuple[str, str]] = set()
+
+    def log(self, exc: BaseException, target: str) -> None:
+        key = (f"{type(exc).__module__}.{type(exc).__qualname__}", target)
+        if key in self._logged:
+            return
+        if len(self._logged) < self._kept:
+            self._logged.add(key)
+        log.error("unexpected %s while fetching %s (reported as %s; logged once per error type and target)",
+                  key[0], target or "?", Reason.HTTP_ERROR, exc_info=exc)
+
+
 @dataclass
 class Stream:
     """A probe's connection and where it goes."""
@@ -110,6 +135,8 @@ class ProbeState:
     trace: Trace | None = None
     dialing_proxy: bool = False
     target: str = ""  # what is being fetched (a URL), for the log of an unexpected error
+    # Where that error is logged (once): the owner's; a probe of no owner logs its own.
+    errors: UnexpectedErrors = field(default_factory=UnexpectedErrors)
 
     def log(self, message: str) -> None:
         if self.trace is not None:
@@ -240,25 +267,5 @@ def translate(exc: BaseException, state: ProbeState) -> ProbeFailure:
         # What this platform or event loop lacks says nothing about the endpoint: no reason
         # fits, and http_error would page for a healthy network. Let it surface as our bug.
         raise exc
-    _log_unexpected(exc, state.target)
+    state.errors.log(exc, state.target)
     return ProbeFailure(Reason.HTTP_ERROR, f"unexpected {type(exc).__name__} ({step}): {exc}")
-
-
-# (exception type, target) pairs whose traceback was logged; a bug that fails
-# every probe of a target is logged once, not once per interval. Bounded: past
-# the cap, nothing new is remembered and every new pair is still logged.
-_UNEXPECTED_LOGGED: set[tuple[str, str]] = set()
-_UNEXPECTED_KEPT = 1024
-
-
-def _log_unexpected(exc: BaseException, target: str) -> None:
-    """An exception no rule above expects is a bug of ours (or of a library):
-    it still becomes a reason, but with its traceback in the log, so that it is
-    never silently relabelled as an endpoint's failure."""
-    key = (f"{type(exc).__module__}.{type(exc).__qualname__}", target)
-    if key in _UNEXPECTED_LOGGED:
-        return
-    if len(_UNEXPECTED_LOGGED) < _UNEXPECTED_KEPT:
-        _UNEXPECTED_LOGGED.add(key)
-    log.error("unexpected %s while fetching %s (reported as %s; logged once per error type and target)",
-              key[0], target or "?", Reason.HTTP_ERROR, exc_info=exc)

@@ -77,39 +77,35 @@ def presented_chain(ssl_object: ssl.SSLObject) -> list[bytes]:
 
 # --------------------------------------------------------------------- certificate facts
 
-_facts_cache: OrderedDict[bytes, CertFacts | None] = OrderedDict()
 
+class CertFactsCache:
+    """Facts of DER certificates by their bytes, most recently used kept.
 
-def cert_facts(der: bytes) -> CertFacts | None:
-    """Facts of one DER certificate (None if it does not parse); cached, since
-    the same chain comes back on every probe of a target."""
-    cached = _facts_cache.get(der, False)
-    if cached is not False:
-        _facts_cache.move_to_end(der)
-        return cached
-    facts = _parse_facts(der)
-    _facts_cache[der] = facts
-    if len(_facts_cache) > _FACTS_CACHE_SIZE:
-        _facts_cache.popitem(last=False)
-    return facts
+    The same chain comes back on every probe of a target, so its certificates
+    are parsed once; the cached facts' `der` is also the one copy of those bytes
+    that the verdict cache's keys hold. Owned by its TrustStore (one per
+    configuration of one exporter), never shared between exporters."""
 
+    def __init__(self, size: int = _FACTS_CACHE_SIZE):
+        self._size = size
+        self._facts: OrderedDict[bytes, CertFacts | None] = OrderedDict()
 
-def _canonical_der(der: bytes) -> bytes:
-    """The facts cache's own copy of these bytes (hash computed once), else der."""
-    facts = cert_facts(der)
-    return facts.der if facts is not None else der
+    def get(self, der: bytes) -> CertFacts | None:
+        """Facts of one DER certificate (None if it does not parse)."""
+        cached = self._facts.get(der, False)
+        if cached is not False:
+            self._facts.move_to_end(der)
+            return cached
+        facts = _parse_facts(der)
+        self._facts[der] = facts
+        if len(self._facts) > self._size:
+            self._facts.popitem(last=False)
+        return facts
 
-
-def _verdict_expiry(chain: tuple[bytes, ...], verdict: "ChainVerdict", now: float) -> float:
-    if verdict.reason is not None:
-        return now + FAILED_VERDICT_TTL
-    expiry = now + VERDICT_TTL
-    facts = [f for f in (cert_facts(d) for d in chain) if f is not None] + list(verdict.verified_path)
-    for f in facts:
-        for boundary in (f.not_before, f.not_after):
-            if now < boundary < expiry:
-                expiry = boundary
-    return expiry
+    def canonical(self, der: bytes) -> bytes:
+        """The cache's own copy of these bytes (hash computed once), else der."""
+        facts = self.get(der)
+        return facts.der if facts is not None else der
 
 
 def _parse_facts(der: bytes) -> CertFacts | None:
@@ -234,6 +230,8 @@ class TrustStore:
             x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
         ).may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _for_server_authentication)
         self._verdicts: OrderedDict[tuple, tuple[float, ChainVerdict]] = OrderedDict()
+        # Parsed certificates by DER, for this store's verdicts and the probes' TLS facts.
+        self.facts = CertFactsCache()
 
     def verify(self, presented: list[bytes], hostname: str, *, now: float | None = None) -> ChainVerdict:
         """Verify a presented chain for a host name.
@@ -247,21 +245,32 @@ class TrustStore:
         served with one chain share its bytes.
         """
         now = time.time() if now is None else now
-        canonical = tuple(_canonical_der(der) for der in presented)
+        canonical = tuple(self.facts.canonical(der) for der in presented)
         key = (canonical, hostname.lower())
         hit = self._verdicts.get(key)
         if hit is not None and hit[0] > now:
             self._verdicts.move_to_end(key)
             return hit[1]
         verdict = self._verify(presented, hostname, now)
-        self._verdicts[key] = (_verdict_expiry(canonical, verdict, now), verdict)
+        self._verdicts[key] = (self._verdict_expiry(canonical, verdict, now), verdict)
         self._verdicts.move_to_end(key)
         while len(self._verdicts) > _VERDICT_CACHE_SIZE:
             self._verdicts.popitem(last=False)
         return verdict
 
+    def _verdict_expiry(self, chain: tuple[bytes, ...], verdict: ChainVerdict, now: float) -> float:
+        if verdict.reason is not None:
+            return now + FAILED_VERDICT_TTL
+        expiry = now + VERDICT_TTL
+        facts = [f for f in map(self.facts.get, chain) if f is not None] + list(verdict.verified_path)
+        for f in facts:
+            for boundary in (f.not_before, f.not_after):
+                if now < boundary < expiry:
+                    expiry = boundary
+        return expiry
+
     def _verify(self, presented: list[bytes], hostname: str, now: float) -> ChainVerdict:
-        facts = [cert_facts(der) for der in presented]
+        facts = [self.facts.get(der) for der in presented]
         if not presented:
             return ChainVerdict((), Reason.TLS_UNTRUSTED, "the server presented no certificate")
         bad = [i for i, f in enumerate(facts) if f is None]
@@ -276,7 +285,7 @@ class TrustStore:
         path, error = self._try_name(leaf, intermediates, hostname, at_now)
         if path is not None:
             self._remember_cas(path[1:])
-            return ChainVerdict(tuple(cert_facts(c.public_bytes(Encoding.DER)) for c in path), None, "")
+            return ChainVerdict(tuple(self.facts.get(c.public_bytes(Encoding.DER)) for c in path), None, "")
         # Which single relaxation makes it verify tells us what was wrong: the
         # certificate's own name (None: whatever name it carries) or another time.
         if self._try_name(leaf, intermediates, None, at_now)[0] is not None:
@@ -351,13 +360,15 @@ class TrustStore:
             return None, str(exc)
 
 
-def tls_facts(ssl_object: ssl.SSLObject, presented: list[bytes], verdict: ChainVerdict, completion=None) -> TLSFacts:
-    """`completion`: what AIA chasing added (exporter.aia.ChainCompletion), if it ran."""
+def tls_facts(ssl_object: ssl.SSLObject, presented: list[bytes], verdict: ChainVerdict, facts: CertFactsCache,
+              completion=None) -> TLSFacts:
+    """`facts`: the trust store's (TrustStore.facts); `completion`: what AIA chasing added
+    (exporter.aia.ChainCompletion), if it ran."""
     cipher = ssl_object.cipher()
     return TLSFacts(
         version=ssl_object.version() or "",
         cipher=cipher[0] if cipher else "",
-        presented=tuple(f for f in (cert_facts(d) for d in presented) if f is not None),
+        presented=tuple(f for f in map(facts.get, presented) if f is not None),
         verified_path=verdict.verified_path,
         verify_error=verdict.error,
         aia_fetched=completion.fetched_from if completion is not None else (),

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Config, ConnectTo, Limits
+from ._net import UnexpectedErrors
 from ._tls import TrustStore, client_context
 
 
@@ -19,15 +20,21 @@ class ProbeEnv:
     # Fetches a chain's missing issuers from caIssuers URLs on the system route (exporter.aia.IssuerCache);
     # None: no AIA chasing.
     aia: Any = None
+    # Where the probes log an unexpected error's traceback, once per type and target
+    # (_net.UnexpectedErrors); a reload's new env takes over the running one's.
+    errors: UnexpectedErrors = field(default_factory=UnexpectedErrors)
 
     @classmethod
-    def from_config(cls, config: Config, *, trust: TrustStore | None = None) -> "ProbeEnv":
+    def from_config(cls, config: Config, *, trust: TrustStore | None = None,
+                    errors: UnexpectedErrors | None = None) -> "ProbeEnv":
         from ..aia import IssuerCache  # the probes package does not otherwise depend on it
 
+        errors = errors if errors is not None else UnexpectedErrors()
         return cls(
             connect_to=config.connect_to,
             limits=config.limits,
             trust=trust or TrustStore(ca_file=config.tls.ca_file),
             ssl_context=client_context(),
-            aia=IssuerCache(config.limits, config.connect_to, config.routes["system"]),
+            aia=IssuerCache(config.limits, config.connect_to, config.routes["system"], errors=errors),
+            errors=errors,
         )

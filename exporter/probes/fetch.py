@@ -34,7 +34,7 @@ from ..config import ConnectTo, Limits, ProxyURL, Route
 from ..reasons import Reason
 from . import proxy_answer
 from ._http import HTTPAnswer, answer_of, leftover, new_parser, read_body, read_response, request_bytes
-from ._net import ProbeFailure, ProbeState, Stream, dial, redirect, start_tls, translate
+from ._net import ProbeFailure, ProbeState, Stream, UnexpectedErrors, dial, redirect, start_tls, translate
 from ._tls import TrustStore, presented_chain, tls_facts
 from .result import TLSFacts
 
@@ -111,13 +111,17 @@ async def fetch(
     redirects: int = 0,
     tls: TLSPolicy | None = None,
     state: ProbeState | None = None,
+    errors: UnexpectedErrors | None = None,
 ) -> Fetched:
     """Request `url` over `route`; never raises (but for cancellation).
 
     body_cap: bytes of body kept (default limits.body_bytes); a longer body is
     `truncated`, and one announced longer is not read unless read_oversized.
-    redirects: how many redirects to follow (0: a 3xx is the answer)."""
-    state = state or ProbeState(target=url)
+    redirects: how many redirects to follow (0: a 3xx is the answer).
+    errors: the caller's log of unexpected errors (_net.UnexpectedErrors) when
+    no `state` is given (a state carries its own)."""
+    if state is None:
+        state = ProbeState(target=url) if errors is None else ProbeState(target=url, errors=errors)
     progress = _Progress(url)
     cap = limits.body_bytes if body_cap is None else body_cap
     try:
@@ -179,7 +183,7 @@ async def _once(progress: _Progress, route: Route, connect_to: tuple[ConnectTo, 
                     verdict = tls.trust.verify(presented + list(completion.added), host)
                 state.log(f"AIA: {len(completion.added)} issuer(s) from {', '.join(completion.fetched_from) or '-'}"
                           + "".join(f"; {t}" for t in (completion.error, completion.note) if t))
-            progress.tls = tls_facts(ssl_object, presented, verdict, completion)
+            progress.tls = tls_facts(ssl_object, presented, verdict, tls.trust.facts, completion)
             if verdict.reason is not None:
                 # Windows would stop here; we stop too, with the chain on record.
                 raise ProbeFailure(verdict.reason, verdict.error)

@@ -24,11 +24,11 @@ from .result import ProbeResult
 
 
 async def probe(job: ProbeJob, env: ProbeEnv, *, trace: Trace | None = None) -> ProbeResult:
-    state = ProbeState(trace=trace, target=job.target.url)
+    state = ProbeState(trace=trace, target=job.target.url, errors=env.errors)
     started_at = time.time()
     expect = job.target.expect
     fetched = await fetch(
-        job.target.url, job.route, env.connect_to, env.limits, timeout=job.group.timeout, state=state,
+        job.target.url, job.route, env.connect_to, env.limits, timeout=job.budget.probe, state=state,
         # A CRL or CTL is checked whole: room for it (limits.crl_bytes). Otherwise the
         # transfer is measured up to limits.body_bytes, also of a body announced longer.
         body_cap=env.limits.crl_bytes if expect.content in ("crl", "ctl") else env.limits.body_bytes,
