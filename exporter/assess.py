@@ -230,7 +230,7 @@ class Assessor:
         (CERT_CHAIN_REVOCATION_CHECK_CHAIN_EXCLUDE_ROOT). The certificates are checked
         concurrently; one whose check has not finished within `budget` seconds is
         "unreachable" (timed out). The cache model (cached_until) is computed alongside."""
-        budget = job.group.timeout if budget is None else budget
+        budget = job.budget.revocation(0.0) if budget is None else budget
         system = self.system_route
         certs = [self._certificate(f.der) for f in path]
         deadline = time.monotonic() + budget

@@ -2,7 +2,8 @@
 
 A job is a probe, then its assessment (the chain's CRLs, fetched on the system
 route). The group's `timeout` bounds the probe: each prober holds one deadline
-for all its phases. The revocation stage then gets the group's timeout too, but
+for all its phases, and a route that fails over to its next proxy tries it
+within what is left of that deadline (`spent`). The revocation stage then gets the group's timeout too, but
 never more than what ends the whole job within `timeout + ASSESSMENT_GRACE`
 (and at least MIN_REVOCATION seconds, so that a probe that used its whole
 timeout still gets its chain's CRLs asked once). Whoever waits for a job, the
@@ -29,11 +30,12 @@ HARD_MARGIN = 5.0
 @dataclass(frozen=True)
 class JobBudget:
     timeout: float  # the group's timeout, seconds
+    spent: float = 0.0  # of the probe's deadline, by earlier tries of the job (failover)
 
     @property
     def probe(self) -> float:
-        """The probe's own deadline: every phase of it."""
-        return self.timeout
+        """The probe's own deadline: every phase of it (on a later try, what is left)."""
+        return self.timeout - self.spent
 
     def revocation(self, probe_duration: float) -> float:
         """What the revocation stage may take after a probe that took `probe_duration`."""

@@ -253,6 +253,9 @@ class ProbeJob:
     group: Group
     target: Target
     route: Route
+    # Of the probe's deadline, what earlier tries of this job used (a route's failover
+    # to its next proxy, routes.py); 0 for a job as the config makes it.
+    spent: float = field(default=0.0, compare=False)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -260,7 +263,7 @@ class ProbeJob:
 
     @property
     def budget(self) -> JobBudget:
-        return JobBudget(self.group.timeout)
+        return JobBudget(self.group.timeout, spent=self.spent)
 
 
 HOST_MODES = ("windows", "mdatp", "auto")

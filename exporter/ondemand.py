@@ -192,7 +192,7 @@ def render_debug(probe: OnDemandProbe, redact: Redactor) -> str:
     proxy = job.route.proxy
     add(f"On-demand probe of {job.target.url}")
     add(f"  group {job.group.name}, route {job.route.name} "
-        f"({'proxy ' + proxy.redacted() if proxy else 'direct'}), timeout {job.group.timeout:g} s")
+        f"({'proxy ' + proxy.redacted() if proxy else 'direct'}), timeout {job.budget.probe:g} s")
     add(f"  started {iso(probe.started)}")
     add("")
     add("== Log ==")

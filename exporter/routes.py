@@ -445,7 +445,8 @@ class RouteBook:
         or the last one tried; None when no hop could be chosen)."""
         route = job.route
         started_at = time.time()
-        deadline = time.monotonic() + job.group.timeout
+        began = time.monotonic()
+        deadline = began + job.budget.probe
         notes: list[str] = []
         result: ProbeResult | None = None
         hop: Hop | None = None
@@ -466,11 +467,11 @@ class RouteBook:
                     continue
                 break
             for i, candidate in enumerate(hops):
-                left = deadline - time.monotonic()
-                if left <= 0:
+                now = time.monotonic()
+                if now >= deadline:
                     break
-                sub = dataclasses.replace(job, route=candidate.route,
-                                          group=dataclasses.replace(job.group, timeout=left))
+                # The next proxy gets what is left of the probe's deadline.
+                sub = dataclasses.replace(job, route=candidate.route, spent=job.spent + now - began)
                 result, hop = await probe(sub, env), candidate
                 if result.success or result.reason not in FAILOVER:
                     break

@@ -12,6 +12,7 @@ Revocation runs on the `system` route (the WinHTTP path), the probe on `defender
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from pathlib import Path
@@ -362,6 +363,20 @@ def test_revocation_budget():
     assert JobBudget(10).revocation(0.1) == 10  # a fast probe leaves the whole timeout
     assert JobBudget(10).revocation(10) == ASSESSMENT_GRACE  # a slow one leaves the grace
     assert JobBudget(1).revocation(1) == 1
+
+
+def test_a_failover_try_probes_within_what_is_left_of_the_deadline():
+    """routes.py tries a route's next proxy as the same job with `spent` set: its
+    prober gets the rest of the probe's deadline; the waiters' limit stays the job's."""
+    from exporter.budget import JobBudget
+    from exporter.config import parse_config
+
+    config = parse_config("groups:\n  maps: {targets: [https://wdcp.microsoft.com/], timeout: 10s}\n")
+    job = next(j for j in config.jobs() if j.group.name == "maps")
+    assert job.budget == JobBudget(10.0) and job.budget.probe == 10.0
+    retry = dataclasses.replace(job, spent=4.0)
+    assert retry.budget.probe == 6.0 and retry.budget.hard == job.budget.hard
+    assert retry == job and retry.key == job.key  # the same job, tried again
 
 
 def test_a_job_that_keeps_its_budget_ends_before_its_waiters_give_up():
