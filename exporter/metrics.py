@@ -52,38 +52,59 @@ def _spec(name: str, type_: str, help_: str, labels: tuple[str, ...] = (), *,
     return MetricSpec(name, type_, help_, labels, always_shown)
 
 
+def _of_last_probe(name: str, help_: str, *labels: str) -> MetricSpec:
+    """A gauge of each job's last result (labels TARGET_LABELS + `labels`), cached from the scheduler."""
+    return _spec(name, "gauge", help_ + CACHED, TARGET_LABELS + labels)
+
+
+def _of_host(name: str, help_: str, labels: tuple[str, ...] = ()) -> MetricSpec:
+    """A gauge of the optional host collectors: HELP and TYPE only while they report it."""
+    return _spec(name, "gauge", help_, labels, always_shown=False)
+
+
+# Labels of a revocation source's series: a CRL distribution point or an OCSP responder, on a route.
+SOURCE_LABELS = ("url", "route")
+
+
+def _of_source(name: str, help_: str) -> MetricSpec:
+    """A gauge of a revocation source on a route, as last checked (cached from the scheduler)."""
+    return _spec(name, "gauge", help_ + CACHED, SOURCE_LABELS)
+
+
+def _source_reachability(reachable: str, duration: str, source: str, *, scope: str = "") -> tuple[MetricSpec, ...]:
+    """The two series every revocation source has (CRL distribution points and
+    OCSP responders alike): whether it answered at the last check, and the wall
+    time of its last request."""
+    return (_of_source(reachable, f"1 if the {source} answered on the route at the last check{scope}."),
+            _of_source(duration, f"Wall time of the last request to the {source}."))
+
+
 # --- per target -------------------------------------------------------------
 TARGET_INFO = _spec(
     "defender_target_info", "gauge",
     "A probed target: the published catalogue entry (pattern) it stands for, its port, and where the entry "
     "comes from (source: article, a named Microsoft page, or config).",
     TARGET_LABELS + ("pattern", "port", "source"))
-PROBE_SUCCESS = _spec(
-    "defender_probe_success", "gauge",
-    "1 if the endpoint answered over a connection valid against the trust store (chain, dates, name)."
-    + CACHED, TARGET_LABELS)
-PROBE_DURATION = _spec(
-    "defender_probe_duration_seconds", "gauge",
-    "Wall time of the last probe." + CACHED, TARGET_LABELS)
-PROBE_PHASE_DURATION = _spec(
-    "defender_probe_phase_duration_seconds", "gauge",
-    "Wall time of each phase of the last probe (resolve, connect, proxy_connect, tls, processing, transfer)."
-    + CACHED, TARGET_LABELS + ("phase",))
-PROBE_HTTP_STATUS = _spec(
-    "defender_probe_http_status_code", "gauge",
-    "HTTP status code of the last answer from the endpoint, 0 if none." + CACHED, TARGET_LABELS)
-PROBE_CONTENT_SIZE = _spec(
-    "defender_probe_content_size_bytes", "gauge",
+PROBE_SUCCESS = _of_last_probe(
+    "defender_probe_success",
+    "1 if the endpoint answered over a connection valid against the trust store (chain, dates, name).")
+PROBE_DURATION = _of_last_probe("defender_probe_duration_seconds", "Wall time of the last probe.")
+PROBE_PHASE_DURATION = _of_last_probe(
+    "defender_probe_phase_duration_seconds",
+    "Wall time of each phase of the last probe (resolve, connect, proxy_connect, tls, processing, transfer).",
+    "phase")
+PROBE_HTTP_STATUS = _of_last_probe(
+    "defender_probe_http_status_code", "HTTP status code of the last answer from the endpoint, 0 if none.")
+PROBE_CONTENT_SIZE = _of_last_probe(
+    "defender_probe_content_size_bytes",
     "Size of the body of the last answer whose content was checked (expect: content, e.g. the certificate "
-    "trust lists); absent for other targets." + CACHED, TARGET_LABELS)
-PROBE_CONTENT_LAST_MODIFIED = _spec(
-    "defender_probe_content_last_modified_timestamp_seconds", "gauge",
-    "Last-Modified of the last answer whose content was checked; absent when the server sent none." + CACHED,
-    TARGET_LABELS)
-PROBE_FAILURE_REASON = _spec(
-    "defender_probe_failure_reason", "gauge",
-    "1 with the reason of the last probe while it failed; absent while it succeeds." + CACHED,
-    TARGET_LABELS + ("reason",))
+    "trust lists); absent for other targets.")
+PROBE_CONTENT_LAST_MODIFIED = _of_last_probe(
+    "defender_probe_content_last_modified_timestamp_seconds",
+    "Last-Modified of the last answer whose content was checked; absent when the server sent none.")
+PROBE_FAILURE_REASON = _of_last_probe(
+    "defender_probe_failure_reason", "1 with the reason of the last probe while it failed; absent while it succeeds.",
+    "reason")
 PROBE_LAST_RUN = _spec(
     "defender_probe_last_run_timestamp_seconds", "gauge",
     "Unix time the last probe of this target finished.", TARGET_LABELS)
@@ -99,59 +120,45 @@ PROBE_LATENCY = _spec(
     "Wall time of every probe since the exporter started, per group and route (per target: "
     "defender_probe_duration_seconds).", ("group", "route"))
 
-TLS_VERSION_INFO = _spec(
-    "defender_tls_version_info", "gauge", "TLS version negotiated by the last probe." + CACHED,
-    TARGET_LABELS + ("version",))
-TLS_CIPHER_INFO = _spec(
-    "defender_tls_cipher_info", "gauge", "TLS cipher negotiated by the last probe." + CACHED,
-    TARGET_LABELS + ("cipher",))
-TLS_CERT_NOT_AFTER = _spec(
-    "defender_tls_cert_not_after_timestamp_seconds", "gauge",
-    "notAfter of each certificate the server presented (depth 0 = leaf), verified or not." + CACHED,
-    TARGET_LABELS + ("depth", "subject", "issuer", "serial", "fingerprint_sha256"))
-TLS_CHAIN_VERIFIED = _spec(
-    "defender_tls_chain_verified", "gauge",
-    "1 if the presented chain verifies to a trust anchor for the host name at probe time." + CACHED,
-    TARGET_LABELS)
-TLS_CERT_REVOKED = _spec(
-    "defender_tls_cert_revoked", "gauge",
-    "1 if a certificate of the chain is listed on its issuer's CRL." + CACHED, TARGET_LABELS)
-TLS_INTERCEPTED = _spec(
-    "defender_tls_intercepted", "gauge",
+TLS_VERSION_INFO = _of_last_probe("defender_tls_version_info", "TLS version negotiated by the last probe.", "version")
+TLS_CIPHER_INFO = _of_last_probe("defender_tls_cipher_info", "TLS cipher negotiated by the last probe.", "cipher")
+TLS_CERT_NOT_AFTER = _of_last_probe(
+    "defender_tls_cert_not_after_timestamp_seconds",
+    "notAfter of each certificate the server presented (depth 0 = leaf), verified or not.",
+    "depth", "subject", "issuer", "serial", "fingerprint_sha256")
+TLS_CHAIN_VERIFIED = _of_last_probe(
+    "defender_tls_chain_verified",
+    "1 if the presented chain verifies to a trust anchor for the host name at probe time.")
+TLS_CERT_REVOKED = _of_last_probe(
+    "defender_tls_cert_revoked", "1 if a certificate of the chain is listed on its issuer's CRL.")
+TLS_INTERCEPTED = _of_last_probe(
+    "defender_tls_intercepted",
     "1 if the chain ends at a root outside the group's expected_roots (TLS inspection); for a chain that "
-    "does not verify, if no presented certificate is or is signed by an expected root." + CACHED,
-    TARGET_LABELS)
+    "does not verify, if no presented certificate is or is signed by an expected root.")
 
-ROUTE_PROXY_INFO = _spec(
-    "defender_route_proxy_info", "gauge",
+ROUTE_PROXY_INFO = _of_last_probe(
+    "defender_route_proxy_info",
     "1 with the proxy that carried the last probe (DIRECT for a direct connection; host:port, never "
-    "credentials); for a failed probe the last one tried; absent when the route chose none (PAC failure)."
-    + CACHED, TARGET_LABELS + ("proxy",))
+    "credentials); for a failed probe the last one tried; absent when the route chose none (PAC failure).",
+    "proxy")
 
 # --- MAPS verdict -----------------------------------------------------------
-MAPS_CONNECTION_VALID = _spec(
-    "defender_maps_connection_valid", "gauge",
-    "1 if a MAPS connection validates the way MpCmdRun -ValidateMapsConnection does." + CACHED,
-    TARGET_LABELS + ("source",))
-MAPS_VALIDATION_INFO = _spec(
-    "defender_maps_validation_info", "gauge",
-    "1 while MAPS validation fails, with the hresult MpCmdRun would print, the cause and the reason."
-    + CACHED, TARGET_LABELS + ("source", "hresult", "cause", "reason"))
-MAPS_REVOCATION_VALID_UNTIL = _spec(
-    "defender_maps_revocation_valid_until_timestamp_seconds", "gauge",
+MAPS_CONNECTION_VALID = _of_last_probe(
+    "defender_maps_connection_valid",
+    "1 if a MAPS connection validates the way MpCmdRun -ValidateMapsConnection does.", "source")
+MAPS_VALIDATION_INFO = _of_last_probe(
+    "defender_maps_validation_info",
+    "1 while MAPS validation fails, with the hresult MpCmdRun would print, the cause and the reason.",
+    "source", "hresult", "cause", "reason")
+MAPS_REVOCATION_VALID_UNTIL = _of_last_probe(
+    "defender_maps_revocation_valid_until_timestamp_seconds",
     "Until when an endpoint that fetched the chain's revocation data (OCSP answers, CRLs) while it "
     "still could keeps passing MAPS validation: the earliest expiry of the cached data the chain needs. "
-    "Stays put while fetches fail; absent until good data was fetched (and after an exporter restart)."
-    + CACHED, TARGET_LABELS)
+    "Stays put while fetches fail; absent until good data was fetched (and after an exporter restart).")
 
 # --- CRLs ---------------------------------------------------------------------
-CRL_REACHABLE = _spec(
-    "defender_crl_reachable", "gauge",
-    "1 if the CRL distribution point answered on the route at the last check." + CACHED,
-    ("url", "route"))
-CRL_FETCH_DURATION = _spec(
-    "defender_crl_fetch_duration_seconds", "gauge",
-    "Wall time of the last request to the CRL distribution point." + CACHED, ("url", "route"))
+CRL_REACHABLE, CRL_FETCH_DURATION = _source_reachability(
+    "defender_crl_reachable", "defender_crl_fetch_duration_seconds", "CRL distribution point")
 CRL_THIS_UPDATE = _spec(
     "defender_crl_this_update_timestamp_seconds", "gauge", "thisUpdate of the cached CRL.",
     ("url", "issuer"))
@@ -177,49 +184,38 @@ PAC_EVALUATIONS = _spec(
     "one per target URL and script version, not per probe.", ("route", "result"), always_shown=False)
 
 # --- OCSP ---------------------------------------------------------------------
-OCSP_REACHABLE = _spec(
-    "defender_ocsp_reachable", "gauge",
-    "1 if the OCSP responder answered on the route at the last check (of any certificate it serves)." + CACHED,
-    ("url", "route"))
-OCSP_FETCH_DURATION = _spec(
-    "defender_ocsp_fetch_duration_seconds", "gauge",
-    "Wall time of the last request to the OCSP responder." + CACHED, ("url", "route"))
-OCSP_RESPONSE_VALID = _spec(
-    "defender_ocsp_response_valid", "gauge",
+OCSP_REACHABLE, OCSP_FETCH_DURATION = _source_reachability(
+    "defender_ocsp_reachable", "defender_ocsp_fetch_duration_seconds", "OCSP responder",
+    scope=" (of any certificate it serves)")
+OCSP_RESPONSE_VALID = _of_source(
+    "defender_ocsp_response_valid",
     "1 if the responder's last answers parse, are for the certificates asked about, are signed by their "
-    "issuer or its delegated responder and are fresh." + CACHED, ("url", "route"))
-OCSP_NEXT_UPDATE = _spec(
-    "defender_ocsp_next_update_timestamp_seconds", "gauge",
-    "The earliest nextUpdate of the responder's last good answers." + CACHED, ("url", "route"))
+    "issuer or its delegated responder and are fresh.")
+OCSP_NEXT_UPDATE = _of_source(
+    "defender_ocsp_next_update_timestamp_seconds", "The earliest nextUpdate of the responder's last good answers.")
 
 # --- host side (optional collectors) -----------------------------------------
-HOST_WINHTTP_PROXY_CONFIGURED = _spec(
-    "defender_host_winhttp_proxy_configured", "gauge",
-    "1 if `netsh winhttp show proxy` shows a system-wide WinHTTP proxy.", (), always_shown=False)
-HOST_SSL_OPTIONS = _spec(
-    "defender_host_ssl_options", "gauge",
-    "The Spynet SSLOptions registry value (3 = pinning and revocation checks on).", (), always_shown=False)
-HOST_PROXY_SETTINGS = _spec(
-    "defender_host_proxy_settings_info", "gauge",
+HOST_WINHTTP_PROXY_CONFIGURED = _of_host(
+    "defender_host_winhttp_proxy_configured", "1 if `netsh winhttp show proxy` shows a system-wide WinHTTP proxy.")
+HOST_SSL_OPTIONS = _of_host(
+    "defender_host_ssl_options", "The Spynet SSLOptions registry value (3 = pinning and revocation checks on).")
+HOST_PROXY_SETTINGS = _of_host(
+    "defender_host_proxy_settings_info",
     "1 per proxy settings source on the endpoint (defender_policy, winhttp, winhttp_advproxy, "
     "system_internet_settings) with what it holds (empty: not set; autodetect 1/0).",
-    ("source", "proxy", "bypass", "pac_url", "autodetect"), always_shown=False)
-HOST_ROUTE_MISMATCH = _spec(
-    "defender_host_route_mismatch", "gauge",
+    ("source", "proxy", "bypass", "pac_url", "autodetect"))
+HOST_ROUTE_MISMATCH = _of_host(
+    "defender_host_route_mismatch",
     "1 if the route configured for this site (expected) differs from what the endpoint's settings give "
-    "(found), 0 if they agree: 'proxy host:port', 'pac URL', 'wpad' or 'direct'.", ("route", "expected", "found"),
-    always_shown=False)
-HOST_SIGNATURE_AGE = _spec(
-    "defender_host_signature_age_days", "gauge",
-    "Age of the installed security intelligence in days (AntivirusSignatureAge).", (), always_shown=False)
-HOST_TEXTFILE_COLLECTOR_SUCCESS = _spec(
-    "defender_host_textfile_collector_success", "gauge",
-    "Textfile mode: 1 if the host collector ran and its output was understood at the last run.",
-    ("collector",), always_shown=False)
-HOST_TEXTFILE_LAST_RUN = _spec(
-    "defender_host_textfile_last_run_timestamp_seconds", "gauge",
-    "Textfile mode: Unix time the last run of `host --textfile` finished its collection.", (),
-    always_shown=False)
+    "(found), 0 if they agree: 'proxy host:port', 'pac URL', 'wpad' or 'direct'.", ("route", "expected", "found"))
+HOST_SIGNATURE_AGE = _of_host(
+    "defender_host_signature_age_days", "Age of the installed security intelligence in days (AntivirusSignatureAge).")
+HOST_TEXTFILE_COLLECTOR_SUCCESS = _of_host(
+    "defender_host_textfile_collector_success",
+    "Textfile mode: 1 if the host collector ran and its output was understood at the last run.", ("collector",))
+HOST_TEXTFILE_LAST_RUN = _of_host(
+    "defender_host_textfile_last_run_timestamp_seconds",
+    "Textfile mode: Unix time the last run of `host --textfile` finished its collection.")
 
 # --- the exporter itself -------------------------------------------------------
 BUILD_INFO = _spec(
