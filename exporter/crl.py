@@ -15,7 +15,6 @@ system route, cached until nextUpdate, revalidated with conditional requests.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import functools
 import logging
 import math
@@ -27,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from .config import ConnectTo, Limits, Route
+from .probes._http import Validators
 from .probes.content import load_crl
 from .probes.fetch import CRYPTNET_REDIRECTS, UnexpectedErrors, fetch
 from .reasons import Reason
@@ -49,8 +49,7 @@ class CRLDocument:
     issuer: str
     this_update: float
     next_update: float | None
-    etag: str | None
-    last_modified: str | None
+    validators: Validators  # to ask for it again, conditionally
     digest: bytes = b""  # SHA-256 of the CRL: identifies this body for the signature cache
 
 
@@ -137,12 +136,7 @@ class CRLCache:
     async def _fetch(self, url: str, route: Route, timeout: float) -> CRLCheck:
         started = time.time()
         cached = self.documents.get(url)
-        conditional: list[tuple[str, str]] = []
-        if cached is not None:
-            if cached.etag:
-                conditional.append(("If-None-Match", cached.etag))
-            if cached.last_modified:
-                conditional.append(("If-Modified-Since", cached.last_modified))
+        conditional = cached.validators.conditional() if cached is not None else []
         fetched = await fetch(url, route, self.connect_to, self.limits, timeout=timeout, headers=conditional,
                               body_cap=self.limits.crl_bytes, redirects=CRYPTNET_REDIRECTS, errors=self.errors)
         duration = time.time() - started
@@ -160,7 +154,7 @@ class CRLCache:
         if answer.truncated:
             return CRLCheck(url, route.name, True, duration, started, 200, too_large=True, invalid_body=True,
                             error=f"CRL larger than the cap of {self.limits.crl_bytes} bytes (limits.crl_bytes)")
-        document, error = _parse(url, answer.body, answer.header("ETag"), answer.header("Last-Modified"))
+        document, error = _parse(url, answer.body, answer.validators)
         if document is None:
             return CRLCheck(url, route.name, True, duration, started, 200, error=f"{error} ({answer.describe()})",
                             invalid_body=True)
@@ -235,7 +229,7 @@ class CRLCache:
         return all(signatures)
 
 
-def _parse(url: str, body: bytes, etag: str | None, last_modified: str | None) -> tuple[CRLDocument | None, str]:
+def _parse(url: str, body: bytes, validators: Validators) -> tuple[CRLDocument | None, str]:
     try:
         crl = load_crl(body)
         this_update = crl.last_update_utc.timestamp()
@@ -243,15 +237,5 @@ def _parse(url: str, body: bytes, etag: str | None, last_modified: str | None) -
         issuer = crl.issuer.rfc4514_string()
     except Exception as exc:  # noqa: BLE001 - garbage in, crl_invalid out
         return None, str(exc) if isinstance(exc, ValueError) else f"not a CRL (DER or PEM): {str(exc)[:120]}"
-    return CRLDocument(url, crl, len(body), issuer, this_update, next_update, etag, _http_date(last_modified),
+    return CRLDocument(url, crl, len(body), issuer, this_update, next_update, validators,
                        crl.fingerprint(hashes.SHA256())), ""
-
-
-def _http_date(value: str | None) -> str | None:
-    if not value:
-        return None
-    try:
-        email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return value

@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 from . import metrics as m
 from .config import Config, ProbeJob, Route, Target
 from .metrics import PHASES
+from .probes._http import Validators
 from .probes.fetch import TLSPolicy, fetch
 from .probes.env import ProbeEnv
 from .probes.pac import MAX_SCRIPT, PacError, PacSandbox, PacTimeout, parse_result, proxy_label
@@ -163,8 +164,7 @@ def wpad_candidates(domain: str) -> list[str]:
 class PacScript:
     url: str
     text: str
-    etag: str | None = None
-    last_modified: str | None = None
+    validators: Validators = Validators()  # a file:// script has none
 
 
 @dataclass(frozen=True)
@@ -238,11 +238,7 @@ class PacSource:
             self.script = PacScript(url, _decode(data))
             return PacFetch(url, True, started, time.time() - started)
         cached = self.script if self.script is not None and self.script.url == url else None
-        conditional: list[tuple[str, str]] = []
-        if cached is not None and cached.etag:
-            conditional.append(("If-None-Match", cached.etag))
-        if cached is not None and cached.last_modified:
-            conditional.append(("If-Modified-Since", cached.last_modified))
+        conditional = cached.validators.conditional() if cached is not None else []
         fetched = await fetch(url, self.fetch_route, env.connect_to, env.limits, timeout=PAC_FETCH_TIMEOUT,
                               headers=conditional, body_cap=MAX_SCRIPT, tls=TLSPolicy(env.ssl_context, env.trust),
                               errors=env.errors)
@@ -257,7 +253,7 @@ class PacSource:
             return PacFetch(url, False, started, duration, f"PAC file {url}: HTTP {answer.status} {answer.reason_phrase}".rstrip())
         if answer.truncated:
             return PacFetch(url, False, started, duration, f"PAC file {url} is larger than {MAX_SCRIPT} bytes")
-        self.script = PacScript(url, _decode(answer.body), answer.header("ETag"), answer.header("Last-Modified"))
+        self.script = PacScript(url, _decode(answer.body), answer.validators)
         return PacFetch(url, True, started, duration)
 
 

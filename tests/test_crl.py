@@ -71,8 +71,8 @@ def test_conditional_revalidation_gets_304(issuing_crl, monkeypatch):
     assert server.file_requests(_path(url)) == 2
     assert server.not_modified(_path(url)) == 1
     sent = server.requests[-1]
-    assert sent.header("If-None-Match") == first.document.etag
-    assert sent.header("If-Modified-Since") == first.document.last_modified
+    assert sent.header("If-None-Match") == first.document.validators.etag
+    assert sent.header("If-Modified-Since") == first.document.validators.last_modified
 
 
 def test_changed_crl_is_downloaded_again(lab_pki, issuing_crl, monkeypatch):

@@ -43,6 +43,7 @@ from support import ExporterThread, lab_config, outcome_for
 from exporter import config as config_module
 from exporter.config import ConfigError, load_config, parse_config
 from exporter.crl import _parse as parse_crl
+from exporter.probes._http import Validators
 from exporter.probes._tls import TrustStore
 from exporter.reasons import Reason
 from exporter.runtime import Exporter
@@ -113,7 +114,7 @@ def test_verify_survives_mutated_real_chains(e1, c1, e2, c2, hostname):
 @FUZZ
 @given(st.binary(max_size=3000))
 def test_crl_parser_survives_random_bytes(body):
-    document, error = parse_crl("http://crl.example/x.crl", body, None, None)
+    document, error = parse_crl("http://crl.example/x.crl", body, Validators())
     assert (document is None) == bool(error)
 
 
@@ -121,7 +122,7 @@ def test_crl_parser_survives_random_bytes(body):
 @given(edits, cuts, st.booleans(), st.one_of(st.none(), st.text(max_size=40)))
 def test_crl_parser_survives_mutated_real_crls(e, c, pem, last_modified):
     body = mutate(_SAMPLES["crl_pem" if pem else "crl"], e, c)
-    document, error = parse_crl("http://crl.example/x.crl", body, '"etag"', last_modified)
+    document, error = parse_crl("http://crl.example/x.crl", body, Validators.of('"etag"', last_modified))
     assert (document is None) == bool(error)
     if document is not None:
         assert document.size == len(body)

@@ -67,15 +67,7 @@ class Connection:
     async def connect(cls, family: int, address: tuple) -> Connection:
         """Connect to address (a socket address of `family`); OSError as the kernel said it."""
         loop = asyncio.get_running_loop()
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            # As asyncio's transports do: the request leaves in one segment, at once.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            _ask_for_timestamps(sock)
-        except BaseException:
-            _close(loop, sock)
-            raise
+        sock = stream_socket(family, kernel_timestamps=True)
         conn = cls(sock)
         try:
             # Watched as a reader from the start, so that the wait below shares the
@@ -280,6 +272,23 @@ def _wake(waiter: asyncio.Future) -> None:
     # The loop may report the socket again before the woken task unregisters it.
     if not waiter.done():
         waiter.set_result(None)
+
+
+def stream_socket(family: int, *, kernel_timestamps: bool = False) -> socket.socket:
+    """A TCP socket of `family`, not yet connected, as both transports use it:
+    non-blocking, with TCP_NODELAY (as asyncio's transports do: the request
+    leaves in one segment, at once) and, if asked, kernel arrival times; closed
+    again if setting it up fails."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if kernel_timestamps:
+            _ask_for_timestamps(sock)
+    except BaseException:
+        sock.close()  # not yet known to the loop
+        raise
+    return sock
 
 
 def _ask_for_timestamps(sock: socket.socket) -> None:

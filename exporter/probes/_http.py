@@ -15,6 +15,7 @@ or not (as Go's httptrace, and so blackbox_exporter, report it).
 
 from __future__ import annotations
 
+import email.utils
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,6 +47,11 @@ class HTTPAnswer:
         return [v for k, v in self.headers if k == name]
 
     @property
+    def validators(self) -> Validators:
+        """What a copy of this answer is revalidated with."""
+        return Validators.of(self.header("etag"), self.header("last-modified"))
+
+    @property
     def content_type(self) -> str:
         return (self.header("content-type") or "").split(";", 1)[0].strip().lower()
 
@@ -54,6 +60,35 @@ class HTTPAnswer:
         size = f"more than {self.body_bytes}" if self.truncated else str(self.body_bytes)
         return f"HTTP {self.status} {self.reason_phrase}".rstrip() + (
             f", {self.content_type or 'no content type'}, {size} bytes")
+
+
+@dataclass(frozen=True)
+class Validators:
+    """What a kept answer (a CRL, a PAC file) is revalidated with (RFC 9110 8.8):
+    its ETag and its Last-Modified. A conditional GET with them gets 304 Not
+    Modified when nothing changed."""
+
+    etag: str | None = None
+    last_modified: str | None = None  # only an HTTP date: a server ignores anything else (RFC 9110 13.1.3)
+
+    @classmethod
+    def of(cls, etag: str | None, last_modified: str | None) -> Validators:
+        return cls(etag or None, last_modified if _is_http_date(last_modified) else None)
+
+    def conditional(self) -> list[tuple[str, str]]:
+        """The request headers of a conditional GET."""
+        return [(name, value) for name, value in (("If-None-Match", self.etag), ("If-Modified-Since", self.last_modified))
+                if value]
+
+
+def _is_http_date(value: str | None) -> bool:
+    if not value:
+        return False
+    try:
+        email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def request_bytes(parser: h11.Connection, method: str, target: str,

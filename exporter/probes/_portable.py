@@ -32,7 +32,7 @@ import ssl
 import time
 import weakref
 
-from ._conn import Connection
+from ._conn import Connection, stream_socket
 
 ENV = "DEFENDER_EXPORTER_TRANSPORT"
 KERNEL = "kernel"
@@ -71,10 +71,8 @@ class PortableConnection:
     async def connect(cls, family: int, address: tuple) -> PortableConnection:
         """Connect to address (a socket address of `family`); OSError as the OS said it."""
         loop = asyncio.get_running_loop()
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = stream_socket(family)
         try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
                 await loop.sock_connect(sock, address)
             except OSError as exc:

@@ -325,18 +325,18 @@ class TrustStore:
             return None, "the certificate's subjectAltName holds no DNS name or IP address"
         return self._try(leaf, intermediates, subject, when)
 
+    def _builder(self, when: dt.datetime, ee_policy: ExtensionPolicy) -> PolicyBuilder:
+        """A verifier's policy: this store's anchors, at `when`, with our relaxed CA policy."""
+        return PolicyBuilder().store(self._store).time(when).extension_policies(
+            ca_policy=self._ca_policy, ee_policy=ee_policy)
+
     def _try_cn_only(self, leaf, intermediates, hostname: str | None, when: dt.datetime):
         """A leaf without subjectAltName: the chain as for a server, the name by the subject's CN."""
-        builder = (
-            PolicyBuilder()
-            .store(self._store)
-            .time(when)
-            .extension_policies(ca_policy=self._ca_policy, ee_policy=self._cn_only_ee_policy)
-        )
         try:
             # The client verifier builds and checks the path without matching a SAN;
             # the EKU (serverAuth, if the leaf restricts its use) is the policy's check.
-            chain = builder.build_client_verifier().verify(leaf, intermediates).chain
+            verifier = self._builder(when, self._cn_only_ee_policy).build_client_verifier()
+            chain = verifier.verify(leaf, intermediates).chain
         except (VerificationError, ValueError) as exc:
             return None, str(exc)
         names = [a.value for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
@@ -345,18 +345,10 @@ class TrustStore:
         return chain, ""
 
     def _try(self, leaf, intermediates, subject, when: dt.datetime):
-        builder = (
-            PolicyBuilder()
-            .store(self._store)
-            .time(when)
-            .extension_policies(ca_policy=self._ca_policy, ee_policy=self._ee_policy)
-        )
         try:
-            verifier = builder.build_server_verifier(subject)
+            verifier = self._builder(when, self._ee_policy).build_server_verifier(subject)
             return verifier.verify(leaf, intermediates), ""
-        except VerificationError as exc:
-            return None, str(exc)
-        except ValueError as exc:  # e.g. a name the verifier cannot take
+        except (VerificationError, ValueError) as exc:  # ValueError: e.g. a name the verifier cannot take
             return None, str(exc)
 
 
