@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = "\n".join(f"  {name:{width}}{text}" for name, text in COMMANDS.items())
     parser = _Parser(
         prog=PROG,
-        usage=f"%(prog)s [OPTIONS]            serve /metrics and the status page\n"
+        usage="%(prog)s [OPTIONS]            serve /metrics and the status page\n"
               + "".join(f"       %(prog)s {name} [OPTIONS]\n" for name in COMMANDS),
         description="Prometheus exporter: can Microsoft Defender Antivirus reach its cloud services?",
         epilog=f"commands:\n{commands}\n\n'%(prog)s COMMAND --help' shows the options of a command.\n"

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from .budget import JobBudget
 from .cabundle import read_bundle
-from .catalogue import CONFIG_SOURCE, CONNECTIVITY_PROFILES, REGIONS, builtin_catalogue, catalogue_groups
+from .catalogue import CONFIG_SOURCE, CONNECTIVITY_PROFILES, REGIONS, catalogue_groups
 
 DEFAULT_INTERVAL = 60.0
 DEFAULT_TIMEOUT = 10.0

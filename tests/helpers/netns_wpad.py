@@ -24,7 +24,8 @@ subprocess.run(["mount", "--bind", str(out / "resolv.conf"), "/etc/resolv.conf"]
 from lab import Files, LabServers, Ok  # noqa: E402
 
 from exporter.assess import Assessor  # noqa: E402
-from exporter.config import builtin_catalogue, load_config  # noqa: E402
+from exporter.catalogue import builtin_catalogue  # noqa: E402
+from exporter.config import load_config  # noqa: E402
 from exporter.probes import ProbeEnv  # noqa: E402
 
 WPAD_IP = (out / "wpad_ip").read_text().strip()

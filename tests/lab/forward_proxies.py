@@ -135,7 +135,7 @@ class Tinyproxy(_ForwardProxy):
             f'PidFile "{w / "tinyproxy.pid"}"',
             "MaxClients 50", "Allow 127.0.0.0/8", "ConnectPort 443",
             'ViaProxyName "lab-tinyproxy"',
-            f'DefaultErrorFile "/usr/share/tinyproxy/default.html"',
+            'DefaultErrorFile "/usr/share/tinyproxy/default.html"',
         ]
         if self.deny_domains:
             (w / "filter").write_text("".join(f"^{d.replace('.', r'[.]')}$\n" for d in self.deny_domains))
