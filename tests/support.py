@@ -92,6 +92,39 @@ def event_loops() -> list:
                          marks=pytest.mark.skipif(uvloop is None, reason="uvloop is not installed"))]
 
 
+class Marks:
+    """A probe's trace callback that notes when each line was logged, on
+    time.perf_counter()'s clock (the lab servers note their answers on it too):
+    the lines around a phase boundary bound when it was crossed."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[float, str]] = []
+
+    def __call__(self, message: str) -> None:
+        self.lines.append((time.perf_counter(), message))
+
+    def at(self, text: str) -> float:
+        """When the first line with `text` in it was logged (just after what it says happened)."""
+        return self.lines[self._first(text)][0]
+
+    def before(self, text: str) -> float:
+        """When the line before that one was logged."""
+        return self.lines[self._first(text) - 1][0]
+
+    def _first(self, text: str) -> int:
+        found = next((i for i, (_, line) in enumerate(self.lines) if text in line), None)
+        assert found, f"no trace line with {text!r} after the first: {[line for _, line in self.lines]}"
+        return found
+
+
+def wait_for(predicate, *, what: str, timeout: float = 5.0) -> None:
+    """Poll `predicate` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
 def recv_head(sock) -> bytes:
     """What a blocking socket (plain or TLS) gives up to and including the first
     blank line, or up to its close."""

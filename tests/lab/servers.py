@@ -285,7 +285,9 @@ class LabServer:
         self._connections = 0
         self._handshake_failures = 0
         self._requests: list[RecordedRequest] = []
-        self._answered_at: list[float] = []  # Delay: time.perf_counter() as each answer is handed to the kernel
+        # Delay: time.perf_counter() just before each answer is handed to the kernel, and once it was.
+        self._answered_at: list[float] = []
+        self._written_at: list[float] = []
         self._sni: list[str | None] = []
         self._path_requests: Counter[str] = Counter()
         self._path_not_modified: Counter[str] = Counter()
@@ -327,9 +329,17 @@ class LabServer:
 
     @property
     def answered_at(self) -> list[float]:
-        """Delay: when each answer went out (time.perf_counter(), this process's clock), in order."""
+        """Delay: when each answer went out (time.perf_counter(), this process's clock), in order:
+        just before the write, so no earlier than the client can have it."""
         with self._lock:
             return list(self._answered_at)
+
+    @property
+    def written_at(self) -> list[float]:
+        """Delay: when the write of each answer had returned (its bytes in the kernel), in order:
+        no later than the client's kernel dated its arrival (loopback)."""
+        with self._lock:
+            return list(self._written_at)
 
     @property
     def request_lines(self) -> list[str]:
@@ -460,6 +470,8 @@ class LabServer:
             with self._lock:  # noted first: the client may have the answer before this thread runs again
                 self._answered_at.append(time.perf_counter())
             await _respond(writer, request, b.status, b.body)
+            with self._lock:
+                self._written_at.append(time.perf_counter())
         elif isinstance(b, Files):
             await self._serve_file(writer, request, b)
         elif isinstance(b, Handler):
