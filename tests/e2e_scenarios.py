@@ -38,6 +38,8 @@ INTERVAL = "2s"
 TIMEOUT = "1s"
 
 MAPS_URL = "https://wdcp.microsoft.com/"
+# The labels of the MAPS job's series (and so of its alerts).
+MAPS_JOB = {"group": "maps", "target": MAPS_URL, "route": "defender"}
 SUBMISSION_URL = "https://ussus1eastprod.blob.core.windows.net/"
 UPDATE_URL = "https://fe2.update.microsoft.com/"
 ADL_HTTPS = "https://go.microsoft.com/"
@@ -70,6 +72,13 @@ class Fires:
 
     labels: Mapping[str, str] = field(default_factory=dict)  # every one of these, exactly
     description: tuple[str, ...] = ()  # substrings of the description annotation
+
+
+def emulated_verdict_fails(cause: str, reason: str, hresult: str = "0x80072F8F") -> Fires:
+    """DefenderMAPSConnectionFailed for the emulated verdict of the MAPS job: the hresult
+    MpCmdRun would print, the cause and the reason in its description."""
+    return Fires({**MAPS_JOB, "severity": "critical", "source": "emulated"},
+                 (f"hr={hresult}", f"cause {cause}", f"reason {reason}"))
 
 
 @dataclass(frozen=True)
@@ -213,14 +222,11 @@ def _winhttp(net: LabNetwork) -> Site:
     path, exporter = net.exporter(WINHTTP, {"maps": net.pinned(MAPS_URL), "crl": CRL_GROUP},
                                   routes={"defender": squid.url}, connect_to=net.crl_blocked(),
                                   ca_file=net.pki.ca_bundle_path)
-    maps = {"group": "maps", "target": MAPS_URL, "route": "defender"}
     expect = Expect(
         fires={
-            "DefenderMAPSConnectionFailed": Fires(
-                {**maps, "severity": "critical", "source": "emulated"},
-                ("hr=0x80072F8F", "cause winhttp_proxy_missing", "reason crl_unreachable")),
+            "DefenderMAPSConnectionFailed": emulated_verdict_fails("winhttp_proxy_missing", "crl_unreachable"),
             "DefenderMAPSRevocationCheckBlocked": Fires(
-                {**maps, "severity": "critical", "cause": "winhttp_proxy_missing", "reason": "crl_unreachable",
+                {**MAPS_JOB, "severity": "critical", "cause": "winhttp_proxy_missing", "reason": "crl_unreachable",
                  "hresult": "0x80072F8F"},
                 ("0x80070006", "netsh winhttp set proxy")),
             "DefenderCRLUnreachable": Fires({"route": "system", "severity": "warning"},
@@ -239,12 +245,11 @@ def _inspection(net: LabNetwork) -> Site:
     tls = net.servers.serve(Ok(), port=443, tls=net.pki.issue_inspection_leaf("wdcp.microsoft.com"))
     path, exporter = net.exporter(INSPECTION, {"maps": net.pinned(MAPS_URL)},
                                   connect_to=[tls.connect_to("wdcp.microsoft.com", 443)], ca_file=bundle)
-    maps = {"group": "maps", "target": MAPS_URL, "route": "defender"}
     expect = Expect(
         fires={
-            "DefenderTLSInspectionDetected": Fires({**maps, "severity": "critical"},
+            "DefenderTLSInspectionDetected": Fires({**MAPS_JOB, "severity": "critical"},
                                                    ("does not end at a Microsoft root",)),
-            "DefenderMAPSConnectionFailed": Fires(maps, ("cause tls_inspection", "reason tls_intercepted")),
+            "DefenderMAPSConnectionFailed": Fires(MAPS_JOB, ("cause tls_inspection", "reason tls_intercepted")),
         },
         notably_silent=("DefenderMAPSRevocationCheckBlocked", "DefenderProxyAuthenticationRequired",
                         "DefenderCRLUnreachable", "DefenderExporterProbesStale"),
@@ -260,10 +265,9 @@ def _revoked(net: LabNetwork) -> Site:
                                   connect_to=[tls.connect_to("wdcp.microsoft.com", 443),
                                               *net.crl_points(revoked_serials=(leaf.serial,))],
                                   ca_file=net.pki.ca_bundle_path)
-    maps = {"group": "maps", "target": MAPS_URL, "route": "defender"}
     expect = Expect(
         fires={"DefenderMAPSConnectionFailed": Fires(
-            maps, ("hr=0x80072F8F", "cause cert_revoked", "reason cert_revoked"))},
+            MAPS_JOB, ("hr=0x80072F8F", "cause cert_revoked", "reason cert_revoked"))},
         notably_silent=("DefenderMAPSRevocationCheckBlocked", "DefenderTLSInspectionDetected",
                         "DefenderCRLUnreachable", "DefenderCRLStale", "DefenderProxyAuthenticationRequired",
                         "DefenderExporterProbesStale"),
@@ -303,7 +307,7 @@ def _proxy_auth(net: LabNetwork) -> Site:
                 {"route": "defender", "reason": "proxy_auth_required", "severity": "critical"},
                 ("2 probe(s) on the defender route", "407 Proxy Authentication Required")),
             "DefenderMAPSConnectionFailed": Fires(
-                {"group": "maps", "target": MAPS_URL, "route": "defender"},
+                MAPS_JOB,
                 ("hr=0x80190197", "cause proxy_auth", "reason proxy_auth_required")),
             # The update probe gets the 407 as well: none of the update group's probes succeed.
             "DefenderUpdateEndpointsUnreachable": Fires(
@@ -325,14 +329,11 @@ def _cached(net: LabNetwork) -> Site:
     path, exporter = net.exporter(CACHED, {"maps": net.pinned(MAPS_URL)},
                                   connect_to=[tls.connect_to("wdcp.microsoft.com", 443), *(r for r, _ in points)],
                                   ca_file=net.pki.ca_bundle_path)
-    maps = {"group": "maps", "target": MAPS_URL, "route": "defender"}
     expect = Expect(
         fires={
-            "DefenderMAPSConnectionFailed": Fires(
-                {**maps, "severity": "critical", "source": "emulated"},
-                ("hr=0x80072F8F", "cause crl_blocked", "reason crl_unreachable")),
+            "DefenderMAPSConnectionFailed": emulated_verdict_fails("crl_blocked", "crl_unreachable"),
             "DefenderMAPSRevocationCachedOnly": Fires(
-                {**maps, "severity": "warning"}, ("Newly installed endpoints fail", "6d ")),
+                {**MAPS_JOB, "severity": "warning"}, ("Newly installed endpoints fail", "6d ")),
             "DefenderCRLUnreachable": Fires({"route": "system", "severity": "warning"}),
         },
         notably_silent=("DefenderMAPSRevocationCheckBlocked", "DefenderTLSInspectionDetected",

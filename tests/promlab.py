@@ -33,7 +33,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Self, Sequence, TypeVar
 
 import yaml
 
@@ -154,9 +154,39 @@ def _wait_ready(process: _Process, url: str, timeout: float) -> None:
         raise PromLabError(f"{exc}\n{process.log_tail()}") from None
 
 
+# --- small HTTP servers of the lab ----------------------------------------------------
+
+class _LoopbackServer:
+    """A ThreadingHTTPServer for `handler` on a free loopback port, served by a daemon
+    thread from start() to stop(); as a context manager, started on entry, stopped on exit."""
+
+    def _listen(self, handler: type[BaseHTTPRequestHandler], name: str) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name=name, daemon=True)
+
+    @property
+    def address(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"{host}:{port}"
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 # --- a static exposition -------------------------------------------------------------
 
-class StaticExposition:
+class StaticExposition(_LoopbackServer):
     """An HTTP server answering every GET with the current exposition text."""
 
     def __init__(self, text: str = ""):
@@ -176,8 +206,7 @@ class StaticExposition:
             def log_message(self, *args):
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="promlab-exposition", daemon=True)
+        self._listen(Handler, "promlab-exposition")
 
     @property
     def text(self) -> str:
@@ -190,35 +219,18 @@ class StaticExposition:
             self._text = text
 
     @property
-    def address(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"{host}:{port}"
-
-    @property
     def url(self) -> str:
         return f"http://{self.address}/metrics"
 
-    def start(self) -> "StaticExposition":
-        self._thread.start()
-        return self
 
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-@contextlib.contextmanager
-def exposition_server(text: str = "") -> Iterator[StaticExposition]:
-    server = StaticExposition(text).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def exposition_server(text: str = "") -> StaticExposition:
+    """`with exposition_server(text) as exposition:` serves it for the block."""
+    return StaticExposition(text)
 
 
 # --- the webhook receiver ------------------------------------------------------------
 
-class WebhookReceiver:
+class WebhookReceiver(_LoopbackServer):
     """Collects what Alertmanager posts (webhook_configs payloads, version 4)."""
 
     def __init__(self) -> None:
@@ -243,13 +255,11 @@ class WebhookReceiver:
             def log_message(self, *args):
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="promlab-webhook", daemon=True)
+        self._listen(Handler, "promlab-webhook")
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/alerts"
+        return f"http://{self.address}/alerts"
 
     def payloads(self) -> list[dict]:
         with self._lock:
@@ -276,13 +286,9 @@ class WebhookReceiver:
         self._server.server_close()
 
 
-@contextlib.contextmanager
-def webhook_receiver() -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver().start()
-    try:
-        yield receiver
-    finally:
-        receiver.stop()
+def webhook_receiver() -> WebhookReceiver:
+    """`with webhook_receiver() as receiver:` collects for the block."""
+    return WebhookReceiver()
 
 
 # --- Alertmanager ------------------------------------------------------------------------

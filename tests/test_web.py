@@ -96,11 +96,17 @@ def test_tls_serves_metrics_over_https(tmp_path, healthy_config, web_pki):
             request(exp.port, "/metrics")  # plain HTTP to a TLS port gets nothing useful
 
 
-def test_require_and_verify_client_cert(tmp_path, healthy_config, web_pki, unknown_pki):
-    pki, server, client = web_pki
-    web = load_web_config(str(write_web_config(tmp_path, {"tls_server_config": {
+def client_auth_web_config(tmp_path, web_pki, client_auth_type: str):
+    """TLS with the lab's server certificate, client certificates checked against the lab CA."""
+    pki, server, _ = web_pki
+    return load_web_config(str(write_web_config(tmp_path, {"tls_server_config": {
         "cert_file": str(server.chain_path), "key_file": str(server.key_path),
-        "client_auth_type": "RequireAndVerifyClientCert", "client_ca_file": str(pki.ca_bundle_path)}})))
+        "client_auth_type": client_auth_type, "client_ca_file": str(pki.ca_bundle_path)}})))
+
+
+def test_require_and_verify_client_cert(tmp_path, healthy_config, web_pki, unknown_pki):
+    pki, _, client = web_pki
+    web = client_auth_web_config(tmp_path, web_pki, "RequireAndVerifyClientCert")
     stranger = unknown_pki.issue_leaf(["noc-prometheus"], server_auth=False)
     with ExporterThread(healthy_config, web_config=web) as exp:
         status, _, _ = request(exp.port, "/metrics", context=client_context(pki, cert=client))
@@ -114,10 +120,8 @@ def test_require_and_verify_client_cert(tmp_path, healthy_config, web_pki, unkno
 
 
 def test_verify_client_cert_if_given(tmp_path, healthy_config, web_pki, unknown_pki):
-    pki, server, client = web_pki
-    web = load_web_config(str(write_web_config(tmp_path, {"tls_server_config": {
-        "cert_file": str(server.chain_path), "key_file": str(server.key_path),
-        "client_auth_type": "VerifyClientCertIfGiven", "client_ca_file": str(pki.ca_bundle_path)}})))
+    pki, _, client = web_pki
+    web = client_auth_web_config(tmp_path, web_pki, "VerifyClientCertIfGiven")
     stranger = unknown_pki.issue_leaf(["noc-prometheus"], server_auth=False)
     with ExporterThread(healthy_config, web_config=web) as exp:
         assert request(exp.port, "/metrics", context=client_context(pki))[0] == 200
