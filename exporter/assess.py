@@ -45,8 +45,8 @@ from cryptography.hazmat.primitives import hashes
 from .budget import FETCH_MARGIN
 from .causes import VERDICT_TABLE, Cause, Evidence, Finding, cause_for
 from .config import Config, ProbeJob, Route
-from .crl import CRLCache, RevocationStatus
-from .ocsp import OCSPCache
+from .crl import CRLCache, RevocationStatus, Source, Status
+from .ocsp import OCSPCache, staple_status
 from .probes import CertFacts, ProbeEnv, ProbeResult, run_probe
 from .probes._net import Trace
 from .probes._tls import TrustStore
@@ -107,14 +107,14 @@ class ChainRevocation:
     def worst(self) -> RevocationStatus | None:
         for wanted in _WORST_FIRST:
             for _, status in self.statuses:
-                if status.status == wanted:
+                if status.status is wanted:
                     return status
         return None
 
     def valid_until(self) -> float | None:
         """The earliest expiry of the cached answers the chain needs: until then an endpoint that
         fetched them when it still could keeps passing. None if a certificate has none (or is revoked)."""
-        if not self.statuses or any(s.status in ("revoked", "no_info") for _, s in self.statuses):
+        if not self.statuses or any(s.status in (Status.REVOKED, Status.NO_INFO) for _, s in self.statuses):
             return None
         if len(self.cached_until) != len(self.statuses) or any(u is None for u in self.cached_until):
             return None
@@ -122,27 +122,27 @@ class ChainRevocation:
 
     def decided_by(self) -> str:
         """Which source decided each certificate, e.g. "CN=leaf: ocsp http://..., CN=CA: crl http://..."."""
-        return ", ".join(f"{subject}: {s.source} {s.url}" for subject, s in self.statuses
-                         if s.status in ("good", "revoked"))
+        return ", ".join(f"{subject}: {s.source} {s.url}".rstrip() for subject, s in self.statuses
+                         if s.status.decides)
 
 
 # Worst first: what the verdict reports when several certificates fail.
-_WORST_FIRST = ("revoked", "unreachable", "invalid", "stale", "no_info")
+_WORST_FIRST = (Status.REVOKED, Status.UNREACHABLE, Status.INVALID, Status.STALE, Status.NO_INFO)
 
 
 _STATUS_FINDING = {
-    "revoked": Finding.CERT_REVOKED,
-    "unreachable": Finding.CRL_UNREACHABLE,
-    "invalid": Finding.CRL_INVALID,
-    "stale": Finding.CRL_STALE,
-    "no_info": Finding.REVOCATION_INFO_MISSING,
+    Status.REVOKED: Finding.CERT_REVOKED,
+    Status.UNREACHABLE: Finding.CRL_UNREACHABLE,
+    Status.INVALID: Finding.CRL_INVALID,
+    Status.STALE: Finding.CRL_STALE,
+    Status.NO_INFO: Finding.REVOCATION_INFO_MISSING,
 }
 # A certificate without distribution points whose OCSP responders did not decide.
 _OCSP_FINDING = {
-    "unreachable": Finding.OCSP_UNREACHABLE,
-    "invalid": Finding.OCSP_INVALID,
-    "stale": Finding.OCSP_STALE,
-    "revoked": Finding.CERT_REVOKED,
+    Status.UNREACHABLE: Finding.OCSP_UNREACHABLE,
+    Status.INVALID: Finding.OCSP_INVALID,
+    Status.STALE: Finding.OCSP_STALE,
+    Status.REVOKED: Finding.CERT_REVOKED,
 }
 
 
@@ -187,7 +187,8 @@ class Assessor:
         intercepted: bool | None = None
         if tls is not None and tls.verified:
             budget = job.budget.revocation(probe.duration)
-            revocation = await self.check_revocation(job, tls.verified_path, trace=trace, budget=budget)
+            revocation = await self.check_revocation(job, tls.verified_path, trace=trace, budget=budget,
+                                                     staple=tls.ocsp_staple)
             if job.group.expected_roots:
                 intercepted = bytes.fromhex(tls.verified_path[-1].fingerprint_sha256) not in job.group.expected_roots
                 if trace:
@@ -206,7 +207,7 @@ class Assessor:
                     if intercepted else "the presented chain reaches an expected root"))
         revoked = None
         if revocation is not None:
-            revoked = any(status.status == "revoked" for _, status in revocation.statuses)
+            revoked = any(status.status is Status.REVOKED for _, status in revocation.statuses)
         verdict = None
         if job.group.validate_maps:
             verdict = self.maps_verdict(job, probe, revocation, intercepted, proxy=proxy)
@@ -218,15 +219,16 @@ class Assessor:
                        revocation_valid_until=valid_until)
 
     async def check_revocation(self, job: ProbeJob, path, *, trace: Trace | None = None,
-                               budget: float | None = None) -> ChainRevocation:
+                               budget: float | None = None, staple: bytes | None = None) -> ChainRevocation:
         """Each certificate but the anchor, in Windows' order of revocation sources.
 
         Windows (CertGetCertificateChain, "Certificate revocation list semantics"): a
         stapled OCSP response, a time-valid OCSP response or CRL in the CryptNet URL cache,
         a CRL in a system store, OCSP from the certificate's AIA, then its CRL distribution
-        points. We model a fresh endpoint (empty cache, no staple asked for: see
-        docs/maps-validation.md), so: each OCSP responder, then each distribution point,
-        until one decides (good or revoked). The root is not checked
+        points. We model a fresh endpoint (empty cache: see docs/maps-validation.md), so:
+        for the leaf the OCSP response the server stapled (`staple`, the bytes from the
+        handshake; None when none was asked for), then for every certificate each OCSP
+        responder, then each distribution point, until one decides (good or revoked). The root is not checked
         (CERT_CHAIN_REVOCATION_CHECK_CHAIN_EXCLUDE_ROOT). The certificates are checked
         concurrently; one whose check has not finished within `budget` seconds is
         "unreachable" (timed out). The cache model (cached_until) is computed alongside."""
@@ -236,6 +238,7 @@ class Assessor:
         deadline = time.monotonic() + budget
         plans: dict[str, tuple[Hop, ...] | RouteFailure] = {}
         used: dict[str, Hop] = {}  # the hop that carried each URL's check
+        stapled_until: list[float] = []  # nextUpdate of a good staple: the leaf's data comes with each handshake
 
         async def routes_for(url: str) -> tuple[Route, ...] | RouteFailure:
             """The system route as WinHTTP would use it for this URL, in failover order."""
@@ -279,13 +282,27 @@ class Assessor:
 
         async def one(i: int, facts: CertFacts) -> RevocationStatus:
             cert, issuer = certs[i], certs[i + 1]
+            failures: list[RevocationStatus] = []
+            if i == 0 and staple:
+                status = staple_status(staple, cert, issuer, time.time())
+                if trace:
+                    trace(f"OCSP staple ({len(staple)} bytes) -> {status.status}"
+                          + (f" ({status.detail})" if status.detail else ""))
+                if status.status is Status.GOOD and status.valid_until is not None:
+                    stapled_until.append(status.valid_until)
+                if status.status.decides:
+                    return status
+                failures.append(status)  # unusable: Windows asks the certificate's own sources next
+            elif i == 0 and trace and staple is not None:
+                trace("OCSP staple: asked for, none sent")
             if not facts.crl_urls and not facts.ocsp_urls:
+                if failures:
+                    return failures[0]
                 if trace:
                     trace(f"revocation: {facts.subject} names no OCSP responder and no CRL distribution point")
-                return RevocationStatus("no_info", "", "the certificate names no OCSP responder and no CRL "
-                                        "distribution point (CRYPT_E_NO_REVOCATION_CHECK)", source="none")
-            failures: list[RevocationStatus] = []
-            sources = len(facts.ocsp_urls) + len(facts.crl_urls)
+                return RevocationStatus(Status.NO_INFO, "", "the certificate names no OCSP responder and no CRL "
+                                        "distribution point (CRYPT_E_NO_REVOCATION_CHECK)", source=Source.NONE)
+            sources = len(failures) + len(facts.ocsp_urls) + len(facts.crl_urls)
 
             def share() -> float:
                 # Each URL but the last gets half of what is left (Windows' accumulative timeout);
@@ -297,12 +314,12 @@ class Assessor:
             def nowhere(url: str, source: str) -> RevocationStatus:
                 failure = plans[url]
                 assert isinstance(failure, RouteFailure)
-                return RevocationStatus("unreachable", url, f"{failure.reason}: {failure.detail}", source=source)
+                return RevocationStatus(Status.UNREACHABLE, url, f"{failure.reason}: {failure.detail}", source=source)
 
             for url in facts.ocsp_urls:
                 routes = await routes_for(url)
                 if isinstance(routes, RouteFailure):
-                    failures.append(nowhere(url, "ocsp"))
+                    failures.append(nowhere(url, Source.OCSP))
                     continue
                 route = routes[0]  # OCSP: the answer's first entry (no failover emulated)
                 plan = plans.get(url)
@@ -314,18 +331,18 @@ class Assessor:
                     how = f"HTTP {check.http_status} ({check.method})" if check.reachable else check.error
                     trace(f"OCSP {url} via route {route.name}: {how} -> {status.status}"
                           + (f" ({status.detail})" if status.detail else ""))
-                if status.status in ("good", "revoked"):
+                if status.status.decides:
                     return status
                 failures.append(status)
             for url in facts.crl_urls:
                 routes = await routes_for(url)
                 if isinstance(routes, RouteFailure):
-                    failures.append(nowhere(url, "crl"))
+                    failures.append(nowhere(url, Source.CRL))
                     continue
                 try:
                     check = await check_crl(url, routes, share())
                 except Exception as exc:  # noqa: BLE001 - a bug here must not lose the job
-                    failures.append(RevocationStatus("unreachable", url, f"CRL check failed: {exc}"))
+                    failures.append(RevocationStatus(Status.UNREACHABLE, url, f"CRL check failed: {exc}"))
                     continue
                 status = self._judge(cert, facts.der, issuer, path[i + 1].der, check)
                 if trace:
@@ -333,7 +350,7 @@ class Assessor:
                         f"HTTP {check.http_status}" if check.reachable else check.error)
                     trace(f"CRL {url} via route {system.name}: {how} -> {status.status}"
                           + (f" ({status.detail})" if status.detail else ""))
-                if status.status in ("good", "revoked"):
+                if status.status.decides:
                     return status
                 failures.append(status)
             return _no_decision(failures)
@@ -353,22 +370,24 @@ class Assessor:
             else:
                 url = facts.crl_urls[0] if facts.crl_urls else (facts.ocsp_urls[0] if facts.ocsp_urls else "")
                 statuses.append((facts.subject, RevocationStatus(
-                    "unreachable", url, f"{Reason.TIMEOUT}: revocation check not finished within {budget:.1f} s",
+                    Status.UNREACHABLE, url, f"{Reason.TIMEOUT}: revocation check not finished within {budget:.1f} s",
                     reason=Reason.TIMEOUT)))
         described = tuple(
             (url, f"{used[url].label} ({used[url].how or 'route ' + used[url].via})" if url in used
              else f"nowhere ({plan.reason})" if isinstance(plan, RouteFailure) else "")
             for url, plan in plans.items())
         now = time.time()
-        cached = tuple(self._cached_until(certs[i], certs[i + 1], facts, now) for i, facts in enumerate(path[:-1]))
+        cached = tuple(self._cached_until(certs[i], certs[i + 1], facts, now, stapled_until if i == 0 else [])
+                       for i, facts in enumerate(path[:-1]))
         return ChainRevocation(tuple(statuses), described, cached)
 
     def _cached_until(self, cert: x509.Certificate, issuer: x509.Certificate, facts: CertFacts,
-                      now: float) -> float | None:
+                      now: float, stapled: list[float]) -> float | None:
         """The endpoint's cache: the latest expiry among the good answers it could fetch (the last good
         OCSP answer per responder, the last good CRL per distribution point), or None. It stays put while
-        fetches fail, and it is in memory only: a restarted exporter models a fresh endpoint."""
-        untils = [self.ocsp_cache.cached_good_until(url, cert, now) for url in facts.ocsp_urls]
+        fetches fail, and it is in memory only: a restarted exporter models a fresh endpoint. A good
+        staple counts too (`stapled`): it comes with every handshake, whatever the system route does."""
+        untils = list(stapled) + [self.ocsp_cache.cached_good_until(url, cert, now) for url in facts.ocsp_urls]
         untils += [self.crl_cache.cached_good_until(cert, issuer, url, now) for url in facts.crl_urls]
         known = [u for u in untils if u is not None]
         if not known:
@@ -470,7 +489,7 @@ class Assessor:
         if tls_options.revocation and revocation is not None:
             worst = revocation.worst()
             if worst is not None:
-                finding = (_OCSP_FINDING if worst.source == "ocsp" else _STATUS_FINDING)[worst.status]
+                finding = (_STATUS_FINDING if worst.source in (Source.CRL, Source.NONE) else _OCSP_FINDING)[worst.status]
                 row = VERDICT_TABLE[finding]
                 cause = row.cause
                 detail = f"{worst.url}: {worst.detail}" if worst.url else worst.detail
@@ -510,8 +529,8 @@ def _no_decision(failures: list[RevocationStatus]) -> RevocationStatus:
     CRL's when the certificate has a distribution point (the article's case), else the OCSP
     responder's; the detail lists every source tried."""
     # An OCSP "unknown" (the responder does not know the certificate) decides nothing either.
-    failures = [dataclasses.replace(f, status="invalid") if f.status == "unknown" else f for f in failures]
-    crl = [f for f in failures if f.source == "crl"]
+    failures = [dataclasses.replace(f, status=Status.INVALID) if f.status is Status.UNKNOWN else f for f in failures]
+    crl = [f for f in failures if f.source is Source.CRL]
     main = (crl or failures)[-1]
     if len(failures) > 1:
         detail = "; ".join(f"{f.source} {f.url}: {f.status} ({f.detail})" for f in failures)

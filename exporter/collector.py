@@ -64,6 +64,8 @@ def target_samples(job: ProbeJob, stats: JobStats | None, outcome: Outcome | Non
         for depth, cert in enumerate(tls.presented):
             yield (m.TLS_CERT_NOT_AFTER,
                    base + (str(depth), cert.subject, cert.issuer, cert.serial, cert.fingerprint_sha256), cert.not_after)
+        if tls.ocsp_staple is not None:
+            yield m.TLS_OCSP_STAPLED, base, bool(tls.ocsp_staple)
     if outcome.revoked is not None:
         yield m.TLS_CERT_REVOKED, base, outcome.revoked
     if outcome.intercepted is not None:

@@ -21,6 +21,7 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from enum import StrEnum
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -72,18 +73,42 @@ class CRLCheck:
     reason: Reason | None = None  # the fetch's failure reason, when unreachable because of one
 
 
+class Status(StrEnum):
+    """What one revocation source says of one certificate."""
+
+    GOOD = "good"
+    REVOKED = "revoked"
+    UNREACHABLE = "unreachable"
+    INVALID = "invalid"  # an answer that cannot be used (garbage, wrong issuer, bad signature)
+    STALE = "stale"  # past its nextUpdate
+    UNKNOWN = "unknown"  # the source does not know the certificate (OCSP)
+    NO_INFO = "no_info"  # the certificate names no revocation source at all
+
+    @property
+    def decides(self) -> bool:
+        """Whether Windows stops here: a time-valid answer, good or revoked."""
+        return self in (Status.GOOD, Status.REVOKED)
+
+
+class Source(StrEnum):
+    """Which kind of revocation source an answer came from."""
+
+    STAPLE = "staple"  # the OCSP response the server stapled to its handshake
+    OCSP = "ocsp"
+    CRL = "crl"
+    NONE = "none"  # no source at all (Status.NO_INFO)
+
+
 @dataclass(frozen=True)
 class RevocationStatus:
-    """Verdict for one certificate by one revocation source (a CRL or an OCSP responder)."""
+    """Verdict for one certificate by one revocation source (a stapled or fetched OCSP response, a CRL)."""
 
-    # good | revoked | unreachable | invalid | stale | unknown (the source does not know the
-    # certificate) | no_info (the certificate names no revocation source at all)
-    status: str
+    status: Status
     url: str = ""
     detail: str = ""
     http_status: int = 0  # for unreachable: the status that made it so (e.g. 407 from the proxy), else 0
     reason: Reason | None = None  # for unreachable: the fetch's reason (timeout, connect_refused, ...)
-    source: str = "crl"  # crl | ocsp: which kind of source decided
+    source: Source = Source.CRL
     # good (or revoked): until when this answer may be used (nextUpdate; inf for a final CRL)
     valid_until: float | None = None
 
@@ -171,24 +196,24 @@ class CRLCache:
         """The status of `cert` according to one check of one of its distribution points."""
         now = time.time() if now is None else now
         if not check.reachable:
-            return RevocationStatus("unreachable", check.url, check.error, check.http_status, check.reason)
+            return RevocationStatus(Status.UNREACHABLE, check.url, check.error, check.http_status, check.reason)
         if check.invalid_body or check.document is None:
-            return RevocationStatus("invalid", check.url, check.error or "no CRL in the answer")
+            return RevocationStatus(Status.INVALID, check.url, check.error or "no CRL in the answer")
         doc = check.document
         if doc.crl.issuer != cert.issuer:
-            return RevocationStatus("invalid", check.url,
+            return RevocationStatus(Status.INVALID, check.url,
                                     f"CRL issuer {doc.issuer} is not the certificate's issuer {cert.issuer.rfc4514_string()}")
         if issuer is None:
-            return RevocationStatus("invalid", check.url, "the issuing CA certificate is unknown; signature not checked")
+            return RevocationStatus(Status.INVALID, check.url, "the issuing CA certificate is unknown; signature not checked")
         if not self._signature_ok(doc, issuer):
-            return RevocationStatus("invalid", check.url, "CRL signature does not verify against the issuer's key")
+            return RevocationStatus(Status.INVALID, check.url, "CRL signature does not verify against the issuer's key")
         if doc.next_update is not None and doc.next_update < now:
-            return RevocationStatus("stale", check.url, f"nextUpdate {iso(doc.next_update)} has passed")
+            return RevocationStatus(Status.STALE, check.url, f"nextUpdate {iso(doc.next_update)} has passed")
         until = doc.next_update if doc.next_update is not None else math.inf  # no nextUpdate: the last CRL
         if doc.crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
-            return RevocationStatus("revoked", check.url, f"serial {cert.serial_number:X} is on the CRL",
+            return RevocationStatus(Status.REVOKED, check.url, f"serial {cert.serial_number:X} is on the CRL",
                                     valid_until=until)
-        return RevocationStatus("good", check.url, valid_until=until)
+        return RevocationStatus(Status.GOOD, check.url, valid_until=until)
 
     def cached_good_until(self, cert: x509.Certificate, issuer: x509.Certificate | None, url: str,
                           now: float) -> float | None:
@@ -198,7 +223,7 @@ class CRLCache:
         if doc is None:
             return None
         status = self.judge(cert, issuer, CRLCheck(url, "", True, 0.0, now, 200, document=doc), now=now)
-        return status.valid_until if status.status == "good" else None
+        return status.valid_until if status.status is Status.GOOD else None
 
     def _signature_ok(self, doc: CRLDocument, issuer: x509.Certificate) -> bool:
         # Keyed by the CRL's digest, so a signature is checked once per CRL body and issuer.

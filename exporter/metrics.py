@@ -136,6 +136,11 @@ TLS_INTERCEPTED = _of_last_probe(
     "1 if the chain ends at a root outside the group's expected_roots (TLS inspection); for a chain that "
     "does not verify, if no presented certificate is or is signed by an expected root.")
 
+TLS_OCSP_STAPLED = _of_last_probe(
+    "defender_tls_ocsp_stapled",
+    "1 if the server stapled an OCSP response to the last handshake, 0 if it was asked for one and sent "
+    "none; only for groups with validate_maps (the only handshakes that ask).")
+
 ROUTE_PROXY_INFO = _of_last_probe(
     "defender_route_proxy_info",
     "1 with the proxy that carried the last probe (DIRECT for a direct connection; host:port, never "

@@ -45,7 +45,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from .config import ConnectTo, Limits, Route
-from .crl import RevocationStatus
+from .crl import RevocationStatus, Source, Status
 from .probes.fetch import CRYPTNET_REDIRECTS, UnexpectedErrors, fetch
 from .reasons import Reason
 from .utc import iso
@@ -62,7 +62,7 @@ MAX_KEPT = 1024
 class OCSPAnswer:
     """A parsed, verified response for one certificate."""
 
-    status: str  # good | revoked | unknown (the responder does not know the certificate)
+    status: Status  # GOOD | REVOKED | UNKNOWN (the responder does not know the certificate)
     this_update: float
     next_update: float  # FALLBACK_VALIDITY after thisUpdate when the response has none
     produced_at: float
@@ -125,7 +125,7 @@ class OCSPCache:
         self.checks.move_to_end(key)
         while len(self.checks) > MAX_KEPT:
             self.checks.popitem(last=False)
-        if result.answer is not None and result.answer.status != "unknown":
+        if result.answer is not None and result.answer.status is not Status.UNKNOWN:
             good_key = (url, key[2])
             self.last_good[good_key] = result.answer
             self.last_good.move_to_end(good_key)
@@ -164,29 +164,43 @@ class OCSPCache:
         """The status of the certificate by one check (unknown: the responder does not know it)."""
         now = time.time() if now is None else now
         if not check.reachable:
-            return RevocationStatus("unreachable", check.url, check.error, check.http_status, check.reason,
-                                    source="ocsp")
-        answer = check.answer
-        if answer is None:
-            return RevocationStatus("invalid", check.url, check.error, source="ocsp")
-        if answer.next_update < now:
-            return RevocationStatus("stale", check.url, f"nextUpdate {iso(answer.next_update)} has passed",
-                                    source="ocsp")
-        if answer.status == "revoked":
-            when = f" since {iso(answer.revoked_at)}" if answer.revoked_at else ""
-            return RevocationStatus("revoked", check.url, f"the responder says revoked{when}", source="ocsp",
-                                    valid_until=answer.next_update)
-        if answer.status == "unknown":
-            return RevocationStatus("unknown", check.url, "the responder does not know the certificate",
-                                    source="ocsp")
-        return RevocationStatus("good", check.url, source="ocsp", valid_until=answer.next_update)
+            return RevocationStatus(Status.UNREACHABLE, check.url, check.error, check.http_status, check.reason,
+                                    source=Source.OCSP)
+        if check.answer is None:
+            return RevocationStatus(Status.INVALID, check.url, check.error, source=Source.OCSP)
+        return status_of(check.answer, check.url, now)
 
     def cached_good_until(self, url: str, cert: x509.Certificate, now: float) -> float | None:
         """nextUpdate of the last good answer for `cert` from `url`, if it is still time valid."""
         answer = self.last_good.get((url, cert.fingerprint(hashes.SHA256())))
-        if answer is None or answer.status != "good" or answer.next_update < now:
+        if answer is None or answer.status is not Status.GOOD or answer.next_update < now:
             return None
         return answer.next_update
+
+
+def status_of(answer: OCSPAnswer, url: str, now: float, *, source: Source = Source.OCSP) -> RevocationStatus:
+    """What one verified answer (fetched from `url`, or stapled) says at `now`."""
+    if answer.next_update < now:
+        return RevocationStatus(Status.STALE, url, f"nextUpdate {iso(answer.next_update)} has passed", source=source)
+    if answer.status is Status.REVOKED:
+        when = f" since {iso(answer.revoked_at)}" if answer.revoked_at else ""
+        return RevocationStatus(Status.REVOKED, url, f"the responder says revoked{when}", source=source,
+                                valid_until=answer.next_update)
+    if answer.status is Status.UNKNOWN:
+        return RevocationStatus(Status.UNKNOWN, url, "the responder does not know the certificate", source=source)
+    return RevocationStatus(Status.GOOD, url, source=source, valid_until=answer.next_update)
+
+
+def staple_status(staple: bytes, cert: x509.Certificate, issuer: x509.Certificate, now: float) -> RevocationStatus:
+    """What the OCSP response a server stapled to its handshake says of its leaf `cert`: the same
+    checks as for a fetched response (CertID, signer, signature, times, size)."""
+    if len(staple) > MAX_RESPONSE_BYTES:
+        return RevocationStatus(Status.INVALID, "", f"the stapled response is larger than {MAX_RESPONSE_BYTES} bytes",
+                                source=Source.STAPLE)
+    answer, error = parse_response(staple, cert, issuer, now=now)
+    if answer is None:
+        return RevocationStatus(Status.INVALID, "", f"the stapled response: {error}", source=Source.STAPLE)
+    return status_of(answer, "", now, source=Source.STAPLE)
 
 
 def request_for(url: str, der: bytes) -> tuple[str, str, bytes, tuple[tuple[str, str], ...]]:
@@ -221,9 +235,9 @@ def parse_response(body: bytes, cert: x509.Certificate, issuer: x509.Certificate
             return None, f"thisUpdate {iso(this_update)} is in the future"
         next_update = (single.next_update_utc.timestamp() if single.next_update_utc is not None
                        else this_update + FALLBACK_VALIDITY)
-        status = {ocsp.OCSPCertStatus.GOOD: "good", ocsp.OCSPCertStatus.REVOKED: "revoked"}.get(
-            single.certificate_status, "unknown")
-        revoked_at = single.revocation_time_utc.timestamp() if status == "revoked" and single.revocation_time_utc else None
+        status = {ocsp.OCSPCertStatus.GOOD: Status.GOOD, ocsp.OCSPCertStatus.REVOKED: Status.REVOKED}.get(
+            single.certificate_status, Status.UNKNOWN)
+        revoked_at = single.revocation_time_utc.timestamp() if status is Status.REVOKED and single.revocation_time_utc else None
         who = "issuer" if signer is issuer else f"delegated responder {signer.subject.rfc4514_string()}"
         return OCSPAnswer(status, this_update, next_update, response.produced_at_utc.timestamp(), who,
                           revoked_at), ""

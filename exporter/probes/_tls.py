@@ -365,6 +365,8 @@ def tls_facts(ssl_object: ssl.SSLObject, presented: list[bytes], verdict: ChainV
         verify_error=verdict.error,
         aia_fetched=completion.fetched_from if completion is not None else (),
         aia_error=completion.error if completion is not None else "",
+        # Only a StaplingTLS (_staple.py) asks for a staple; the standard library's objects have none.
+        ocsp_staple=getattr(ssl_object, "ocsp_staple", None),
     )
 
 

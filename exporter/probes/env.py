@@ -8,6 +8,7 @@ from typing import Any
 
 from ..config import Config, ConnectTo, Limits
 from ._net import UnexpectedErrors
+from ._staple import StaplingContext
 from ._tls import TrustStore, client_context
 
 
@@ -17,6 +18,9 @@ class ProbeEnv:
     limits: Limits
     trust: TrustStore
     ssl_context: ssl.SSLContext
+    # For handshakes whose revocation is judged the way Windows does (MAPS groups): asks for a
+    # stapled OCSP response (_staple.py). None: nothing asks for one.
+    stapling_context: ssl.SSLContext | None = None
     # Fetches a chain's missing issuers from caIssuers URLs on the system route (exporter.aia.IssuerCache);
     # None: no AIA chasing.
     aia: Any = None
@@ -35,6 +39,7 @@ class ProbeEnv:
             limits=config.limits,
             trust=trust or TrustStore(ca_file=config.tls.ca_file),
             ssl_context=client_context(),
+            stapling_context=StaplingContext(),
             aia=IssuerCache(config.limits, config.connect_to, config.routes["system"], errors=errors),
             errors=errors,
         )

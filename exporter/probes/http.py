@@ -32,7 +32,7 @@ async def probe(job: ProbeJob, env: ProbeEnv, *, trace: Trace | None = None) -> 
         # A CRL or CTL is checked whole: room for it (limits.crl_bytes). Otherwise the
         # transfer is measured up to limits.body_bytes, also of a body announced longer.
         body_cap=env.limits.crl_bytes if expect.content in ("crl", "ctl") else env.limits.body_bytes,
-        read_oversized=expect.content is None, tls=TLSPolicy(env.ssl_context, env.trust, env.aia),
+        read_oversized=expect.content is None, tls=TLSPolicy(_context(job, env), env.trust, env.aia),
         # What the OS fetches (CRLs, CA certificates, CTLs) follows redirects as CryptNet does.
         redirects=CRYPTNET_REDIRECTS if expect.content is not None else 0,
     )
@@ -45,6 +45,15 @@ async def probe(job: ProbeJob, env: ProbeEnv, *, trace: Trace | None = None) -> 
         if wrong is not None:
             failure = ProbeFailure(Reason.UNEXPECTED_CONTENT, f"{wrong}; arrived: {fetched.answer.describe()}")
     return _result(state, started_at, fetched, failure, checked=expect.content is not None)
+
+
+def _context(job: ProbeJob, env: ProbeEnv):
+    """A MAPS group's handshake asks for a stapled OCSP response, as Windows' does: its verdict
+    takes the staple before any other revocation source. Other groups keep the standard library's
+    TLS (no staple: their revocation is reported, not judged as Windows would)."""
+    if job.group.validate_maps and env.stapling_context is not None:
+        return env.stapling_context
+    return env.ssl_context
 
 
 def _result(state: ProbeState, started_at: float, fetched: Fetched, failure: ProbeFailure | None, *,

@@ -41,6 +41,9 @@ class TLSFacts:
     # AIA chain building (on the system route) when the presented chain lacked an issuer:
     aia_fetched: tuple[str, ...] = ()  # caIssuers URLs that supplied one
     aia_error: str = ""  # why an issuer is still missing
+    # The OCSP response the server stapled to the handshake (DER, unverified: assess.py judges it);
+    # b"" when it was asked for and none came, None when none was asked for (see _staple.py).
+    ocsp_staple: bytes | None = None
 
     @property
     def verified(self) -> bool:
