@@ -4,6 +4,8 @@ CPU per probe without the scheduler, the web side or process noise.
 
     python bench/micro.py --ip 127.x.y.1 --ca ROOT.pem [--count 3000] [--profile out.prof] [--uvloop]
     python bench/micro.py --lab        (starts its own nginx)
+    python bench/micro.py --lab --stapling   (every handshake asks for a stapled OCSP response,
+                                              as a MAPS group's do: what pyOpenSSL's TLS costs)
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ async def run(args: argparse.Namespace) -> dict:
     jobs = exporter.config.jobs()
     runner = exporter.scheduler.runner
     env = exporter.env
+    if args.stapling:
+        import dataclasses
+
+        env = dataclasses.replace(env, ssl_context=env.stapling_context)
     failures = 0
 
     async def one(job) -> None:
@@ -76,6 +82,7 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=50)
     parser.add_argument("--profile")
     parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--stapling", action="store_true", help="handshakes through _staple.py (MAPS groups' TLS)")
     parser.add_argument("--floor", action="store_true", help="also run bench/floor.py against the same nginx")
     args = parser.parse_args()
     lab = None

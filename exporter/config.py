@@ -227,6 +227,8 @@ class Group:
 class TLSConfig:
     ca_file: str | None = None
     ssl_options: int = SSL_OPTIONS_DEFAULT
+    # MAPS groups' handshakes ask for a stapled OCSP response, as Windows' do (docs/maps-validation.md).
+    ocsp_stapling: bool = True
 
     @property
     def pinning(self) -> bool:
@@ -772,7 +774,7 @@ def _split_colons(text: str) -> list[str]:
 def _tls(check: _Checker, value: Any) -> TLSConfig:
     if value is None:
         return TLSConfig()
-    spec = check.mapping(value, "tls", {"ca_file", "ssl_options"})
+    spec = check.mapping(value, "tls", {"ca_file", "ssl_options", "ocsp_stapling"})
     ca_file = None
     if spec.get("ca_file") is not None:
         ca_file = check.string(spec["ca_file"], "tls.ca_file")
@@ -787,7 +789,8 @@ def _tls(check: _Checker, value: Any) -> TLSConfig:
     ssl_options = SSL_OPTIONS_DEFAULT
     if "ssl_options" in spec:
         ssl_options = check.integer(spec["ssl_options"], "tls.ssl_options", 0, 3)
-    return TLSConfig(ca_file, ssl_options)
+    ocsp_stapling = check.boolean(spec.get("ocsp_stapling", True), "tls.ocsp_stapling")
+    return TLSConfig(ca_file, ssl_options, ocsp_stapling)
 
 
 def _limits(check: _Checker, value: Any) -> Limits:

@@ -360,7 +360,8 @@ def config_as_dict(config: Config) -> dict:
                       _bracketed(c.to_host), "" if c.to_port is None else str(c.to_port)))
             for c in config.connect_to
         ],
-        "tls": {"ca_file": config.tls.ca_file, "ssl_options": config.tls.ssl_options},
+        "tls": {"ca_file": config.tls.ca_file, "ssl_options": config.tls.ssl_options,
+                "ocsp_stapling": config.tls.ocsp_stapling},
         "limits": {"header_bytes": config.limits.header_bytes, "body_bytes": config.limits.body_bytes,
                    "crl_bytes": config.limits.crl_bytes},
         "groups": {},

@@ -63,12 +63,18 @@ class StaplingLab:
                          else server.connect_to(host, 80))
         return rules
 
-    def config(self, *, blocked: tuple[str, ...] = (), group: str = "maps", validate_maps: bool | None = None):
+    def config(self, *, blocked: tuple[str, ...] = (), group: str = "maps", validate_maps: bool | None = None,
+               stapling: bool | None = None):
         spec = {"targets": [MAPS], "expected_roots": [root_fingerprint(self.pki)]}
         if validate_maps is not None:
             spec["validate_maps"] = validate_maps
-        return lab_config(self.tmp_path, {group: spec}, connect_to=self.rules(blocked=blocked),
+        path = lab_config(self.tmp_path, {group: spec}, connect_to=self.rules(blocked=blocked),
                           ca_file=self.pki.ca_bundle_path)
+        if stapling is not None:  # lab_config writes tls: {ca_file: ...}; add the switch beside it
+            text = path.read_text().replace("tls:\n", f"tls:\n  ocsp_stapling: {str(stapling).lower()}\n", 1)
+            assert "ocsp_stapling" in text
+            path.write_text(text)
+        return path
 
     def assess(self, **kwargs):
         config = load_config(self.config(**kwargs))
@@ -161,6 +167,15 @@ def test_an_unusable_staple_falls_through_to_the_leafs_own_sources(stapling_lab,
     blocked = lab.assess(blocked=("oneocsp.microsoft.com", LEAF_CRL_HOST))
     assert not blocked.maps.valid and blocked.maps.reason == "crl_unreachable"
     assert "staple" in blocked.maps.detail, blocked.maps.detail
+
+
+def test_stapling_can_be_turned_off(stapling_lab):
+    """tls.ocsp_stapling: false (endpoints that do not ask, seen as disagreement): no staple asked
+    for, so the leaf needs its own sources again."""
+    lab = stapling_lab()
+    outcome = lab.assess(blocked=("oneocsp.microsoft.com", LEAF_CRL_HOST), stapling=False)
+    assert outcome.probe.success and outcome.probe.tls.ocsp_staple is None
+    assert not outcome.maps.valid and outcome.maps.reason == "crl_unreachable"
 
 
 def test_only_maps_groups_ask_for_a_staple(stapling_lab):

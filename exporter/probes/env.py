@@ -39,7 +39,7 @@ class ProbeEnv:
             limits=config.limits,
             trust=trust or TrustStore(ca_file=config.tls.ca_file),
             ssl_context=client_context(),
-            stapling_context=StaplingContext(),
+            stapling_context=StaplingContext() if config.tls.ocsp_stapling else None,
             aia=IssuerCache(config.limits, config.connect_to, config.routes["system"], errors=errors),
             errors=errors,
         )
