@@ -20,15 +20,19 @@ one, why (the finding `aia_unreachable` of the MAPS verdict).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
 from .config import ConnectTo, Limits, Route
-from .probes.fetch import CRYPTNET_REDIRECTS, UnexpectedErrors, fetch
+from .probes.fetch import CRYPTNET_REDIRECTS, Fetched, UnexpectedErrors, fetch
+from .reasons import Reason
+from .routes import RouteFailure
 from .probes._tls import ca_issuers_urls as _ca_issuers
 
 MAX_ISSUER_BYTES = 64 * 1024
@@ -62,12 +66,39 @@ class ChainCompletion:
     note: str = ""
 
 
+# The routes the system route gives one URL, in WinHTTP's failover order (Assessor.system_routes_for);
+# raises routes.RouteFailure when it gives none (PAC unreachable or broken).
+RoutesFor = Callable[[str], Awaitable[tuple[Route, ...]]]
+
+
+def _issuer_fetch(url: str, got: Fetched | RouteFailure, started: float) -> IssuerFetch:
+    if isinstance(got, RouteFailure):  # the system route gives this URL no way out (PAC failure)
+        return IssuerFetch(url, (), f"{got.reason}: {got.detail}", started, unreachable=True)
+    answer = got.answer
+    if got.failure is not None:
+        # Network failures and the proxy's own answers (proxy reasons): the URL is unreachable.
+        return IssuerFetch(url, (), f"{got.failure.reason}: {got.failure.detail}", started, unreachable=True)
+    if answer is None or answer.status != 200:
+        return IssuerFetch(url, (), f"HTTP {answer.status if answer else 0}", started)
+    if answer.truncated:
+        return IssuerFetch(url, (), f"larger than {MAX_ISSUER_BYTES} bytes", started)
+    certs = load_certificates(answer.body)
+    return IssuerFetch(url, certs, "" if certs else "not a certificate (DER, PEM or PKCS#7)", started)
+
+
 class IssuerCache:
     def __init__(self, limits: Limits, connect_to: tuple[ConnectTo, ...], route: Route, *,
-                 errors: UnexpectedErrors | None = None):
+                 errors: UnexpectedErrors | None = None, routes_for: RoutesFor | None = None):
         self.limits, self.connect_to, self.route = limits, connect_to, route
         self.errors = errors if errors is not None else UnexpectedErrors()  # the fetches' unexpected errors
+        # A system route that is no single path (PAC, WPAD, fallback) is asked per URL, as the
+        # certificate engine's WinHTTP does; without it, `route` carries every fetch.
+        self.routes_for = routes_for
         self.fetches: OrderedDict[str, IssuerFetch] = OrderedDict()
+
+    def with_routes(self, routes_for: RoutesFor) -> "IssuerCache":
+        """A cache like this one (same settings, nothing fetched yet) that asks `routes_for` per URL."""
+        return IssuerCache(self.limits, self.connect_to, self.route, errors=self.errors, routes_for=routes_for)
 
     async def issuers(self, url: str, timeout: float) -> IssuerFetch:
         known = self.fetches.get(url)
@@ -76,24 +107,31 @@ class IssuerCache:
             self.fetches.move_to_end(url)
             return known
         started = time.time()
-        got = await fetch(url, self.route, self.connect_to, self.limits, timeout=timeout, body_cap=MAX_ISSUER_BYTES,
-                          redirects=CRYPTNET_REDIRECTS, errors=self.errors)
-        answer = got.answer
-        if got.failure is not None:
-            # Network failures and the proxy's own answers (proxy reasons): the URL is unreachable.
-            result = IssuerFetch(url, (), f"{got.failure.reason}: {got.failure.detail}", started, unreachable=True)
-        elif answer is None or answer.status != 200:
-            result = IssuerFetch(url, (), f"HTTP {answer.status if answer else 0}", started)
-        elif answer.truncated:
-            result = IssuerFetch(url, (), f"larger than {MAX_ISSUER_BYTES} bytes", started)
-        else:
-            certs = load_certificates(answer.body)
-            result = IssuerFetch(url, certs, "" if certs else "not a certificate (DER, PEM or PKCS#7)", started)
+        result = _issuer_fetch(url, await self._fetch(url, timeout), started)
         self.fetches[url] = result
         self.fetches.move_to_end(url)
         while len(self.fetches) > MAX_CACHED:
             self.fetches.popitem(last=False)
         return result
+
+    async def _fetch(self, url: str, timeout: float) -> Fetched | RouteFailure:
+        """The GET over the route's entries for `url`: the next one only when a proxy cannot be
+        reached, as WinHTTP fails over (the same rule as the CRL checks, assess.py)."""
+        deadline = time.monotonic() + timeout
+        routes: tuple[Route, ...] = (self.route,)
+        if self.routes_for is not None and not self.route.static:
+            try:
+                routes = await asyncio.wait_for(self.routes_for(url), timeout)
+            except RouteFailure as failure:
+                return failure
+            except TimeoutError:
+                return RouteFailure(Reason.PAC_UNREACHABLE, "the PAC file did not arrive in time")
+        for k, route in enumerate(routes):
+            got = await fetch(url, route, self.connect_to, self.limits, timeout=max(0.05, deadline - time.monotonic()),
+                              body_cap=MAX_ISSUER_BYTES, redirects=CRYPTNET_REDIRECTS, errors=self.errors)
+            if got.failure is None or got.failure.reason != Reason.PROXY_UNREACHABLE or k + 1 == len(routes):
+                return got
+        raise AssertionError("no route to try")  # routes is never empty
 
     async def complete(self, presented: list[bytes], verifies, timeout: float) -> ChainCompletion:
         """Fetch missing issuers until `verifies(chain)` says the chain is complete.

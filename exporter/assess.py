@@ -156,6 +156,7 @@ class Assessor:
         # Routes evaluated per URL (bypass, PAC, WPAD, fallback); the sandbox outlives reloads.
         self.routes = RouteBook(config, sandbox=pac_sandbox, trust=trust)
         self._crl_carriers: dict[str, tuple[object, Hop]] = {}  # CRL URL -> (its last check, the hop that made it)
+        self._ocsp_carriers: OrderedDict[tuple[str, bytes], tuple[object, Hop]] = OrderedDict()  # (URL, cert DER) -> the same
         self.crl_cache = crl_cache or CRLCache(config.limits, config.connect_to)
         self.crl_cache.reconfigure(config.limits, config.connect_to)
         self.ocsp_cache = ocsp_cache or OCSPCache(config.limits, config.connect_to)
@@ -168,6 +169,14 @@ class Assessor:
     @property
     def system_route(self) -> Route:
         return self.config.routes["system"]
+
+    async def system_routes_for(self, url: str) -> tuple[Route, ...]:
+        """The routes the system route gives `url` (a CRL, OCSP or caIssuers URL) in failover order;
+        RouteFailure when it gives none. What the probers' AIA fetches ask (ProbeEnv.with_system_routes)."""
+        system = self.system_route
+        if system.static:
+            return (system,)
+        return tuple(hop.route for hop in await self.routes.hops_for(system, url))
 
     async def run(self, job: ProbeJob, env: ProbeEnv, *, trace: Trace | None = None) -> Outcome:
         if job.route.static:
@@ -321,11 +330,20 @@ class Assessor:
                 if isinstance(routes, RouteFailure):
                     failures.append(nowhere(url, Source.OCSP))
                     continue
-                route = routes[0]  # OCSP: the answer's first entry (no failover emulated)
                 plan = plans.get(url)
-                if isinstance(plan, tuple):
-                    used[url] = plan[0]
-                check = await self.ocsp_cache.check(url, cert, issuer, route, share())
+                for k, route in enumerate(routes):  # WinHTTP's failover, as for the CRLs below
+                    check = await self.ocsp_cache.check(url, cert, issuer, route, share())
+                    if isinstance(plan, tuple):
+                        # A check shared from the cache was made over the hop that made it.
+                        known = self._ocsp_carriers.get((url, facts.der))
+                        if known is None or known[0] is not check:
+                            known = self._ocsp_carriers[(url, facts.der)] = (check, plan[k])
+                            if len(self._ocsp_carriers) > _JUDGEMENTS_KEPT:
+                                self._ocsp_carriers.popitem(last=False)
+                        used[url] = known[1]
+                    if check.reachable or check.reason != Reason.PROXY_UNREACHABLE or k + 1 == len(routes):
+                        break
+                    self.ocsp_cache.forget(url, route.name, cert)
                 status = self.ocsp_cache.judge(check)
                 if trace:
                     how = f"HTTP {check.http_status} ({check.method})" if check.reachable else check.error

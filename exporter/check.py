@@ -100,6 +100,7 @@ async def _probe_all(config, jobs, *, progress: TextIO | None):
 
     env = ProbeEnv.from_config(config)
     assessor = Assessor(config, trust=env.trust)
+    env = env.with_system_routes(assessor.system_routes_for)
     semaphore = asyncio.Semaphore(config.concurrency)
     done = 0
     results: list = [None] * len(jobs)

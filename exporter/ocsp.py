@@ -113,6 +113,11 @@ class OCSPCache:
             task.add_done_callback(functools.partial(self._forget, key))
         return await asyncio.shield(task)
 
+    def forget(self, url: str, route: str, cert: x509.Certificate) -> None:
+        """Drop the last check of (url, route, cert) so the next one asks again (over the next entry
+        of a PAC answer after its first proxy could not be reached)."""
+        self.checks.pop((url, route, cert.fingerprint(hashes.SHA256())), None)
+
     def _forget(self, key, task: asyncio.Task) -> None:
         if self._in_flight.get(key) is task:
             del self._in_flight[key]

@@ -41,8 +41,9 @@ class Exporter:
         self.web_config_path = web_config_path
         self.web_ssl_context: ssl.SSLContext | None = None
         self.store = ResultStore()
-        self.env = ProbeEnv.from_config(config)
-        self.assessor = Assessor(config, trust=self.env.trust)
+        env = ProbeEnv.from_config(config)
+        self.assessor = Assessor(config, trust=env.trust)
+        self.env = env.with_system_routes(self.assessor.system_routes_for)
         self.scheduler = Scheduler(self.store, self.env, config.jobs(), concurrency=config.concurrency,
                                    runner=self._run_job)
         # The exporter's own state, beside the store's results.
@@ -147,9 +148,9 @@ class Exporter:
                 log.error("config reload failed, keeping the running config: %s", exc)
                 return False, str(exc)
             self.config = config
-            self.env = env
             self.assessor = Assessor(config, crl_cache=self.assessor.crl_cache, ocsp_cache=self.assessor.ocsp_cache,
                                      trust=env.trust, pac_sandbox=self.assessor.routes.sandbox)
+            self.env = env = env.with_system_routes(self.assessor.system_routes_for)
             self.state_log.redact = Redactor(config)
             self.scheduler.set_jobs(config.jobs(), env=env, concurrency=config.concurrency)
             self._mark_reload(True)

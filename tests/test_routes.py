@@ -114,8 +114,8 @@ def test_sandbox_bounds_time_and_memory_and_keeps_working():
 class RoutesLab(MapsLab):
     """MapsLab plus an update host, a PAC server and a Squid that knows every name."""
 
-    def __init__(self, tmp_path, lab_pki, lab_servers, squid_factory):
-        super().__init__(tmp_path, lab_pki, lab_servers)
+    def __init__(self, tmp_path, lab_pki, lab_servers, squid_factory, *, leaf=None):
+        super().__init__(tmp_path, lab_pki, lab_servers, leaf=leaf)
         self.update = lab_servers.serve(Ok(), port=443, tls=lab_pki.issue_leaf("update.microsoft.com"))
         self.squid = squid_factory({**self.hosts, "update.microsoft.com": self.update.ip})
         self.dead = "%s:%d" % refused_address()
@@ -492,6 +492,63 @@ def test_crl_fetch_fails_over_to_the_next_pac_entry(tmp_path, lab_pki, lab_serve
     (first, second), _ = run_maps_twice(load_config(path))
     assert first.maps.valid and second.maps.valid, (first.maps, second.maps)
     assert squid_log(lab.squid, f"GET {lab_pki.issuing.crl_url}")
+
+
+def test_missing_issuer_fetched_through_the_system_routes_pac(tmp_path, lab_pki, lab_servers, squid_factory):
+    """The MAPS server leaves out its intermediate; the system route's PAC sends the caIssuers host
+    to a dead proxy first, then to Squid (direct is blocked): the issuer comes through Squid, as
+    WinHTTP's failover has it, and MAPS validates. Before, AIA went out on no proxy at all."""
+    import dataclasses
+
+    leaf = lab_pki.issue_leaf("wdcp.microsoft.com")
+    lab = RoutesLab(tmp_path, lab_pki, lab_servers, squid_factory,
+                    leaf=dataclasses.replace(leaf, chain_path=leaf.cert_path))
+    lab.serve_pac(lab.issue_pac(crl=f"PROXY {lab.dead}; PROXY 127.0.0.1:{lab.squid.port}"))
+    path = lab.routes_config({"defender": {"pac": PAC_URL}, "system": {"pac": PAC_URL}},
+                             connect_to=lab.refused_crls())
+    from exporter.assess import Assessor
+    from exporter.probes import ProbeEnv
+
+    async def main():
+        config = load_config(path)
+        env = ProbeEnv.from_config(config)
+        assessor = Assessor(config, trust=env.trust)
+        env = env.with_system_routes(assessor.system_routes_for)
+        try:
+            return await assessor.run(next(j for j in config.jobs() if j.group.name == "maps"), env)
+        finally:
+            assessor.routes.close()
+
+    outcome = asyncio.run(main())
+    assert outcome.probe.success, outcome.probe.detail
+    assert outcome.probe.tls.aia_fetched == (lab_pki.issuing.cert_url,)
+    assert outcome.maps.valid, outcome.maps
+    assert squid_log(lab.squid, f"GET {lab_pki.issuing.cert_url}")
+
+
+def test_ocsp_fails_over_to_the_next_pac_entry(tmp_path, lab_servers, squid_factory):
+    """The CRLs are blocked; the PAC sends the OCSP responder to a dead proxy first, then to a Squid
+    that reaches it: OCSP decides both certificates through that Squid, as WinHTTP fails over."""
+    from lab.ocsp import OCSPResponder
+    from lab.pki import LabPKI
+    from lab.servers import Handler
+
+    pki = LabPKI.create(tmp_path / "pki", name="Failover", ocsp_url="http://oneocsp.microsoft.com/ocsp")
+    lab = RoutesLab(tmp_path, pki, lab_servers, squid_factory)
+    responder = lab_servers.serve(Handler(OCSPResponder(pki)), port=80)
+    to_ocsp = squid_factory({"oneocsp.microsoft.com": responder.ip})
+    lab.serve_pac(f"""
+        function FindProxyForURL(url, host) {{
+            if (host == "oneocsp.microsoft.com") return "PROXY {lab.dead}; PROXY 127.0.0.1:{to_ocsp.port}";
+            if (dnsDomainIs(host, "wdcp.microsoft.com")) return "PROXY 127.0.0.1:{lab.squid.port}";
+            return "DIRECT";
+        }}""")
+    path = lab.routes_config({"defender": {"pac": PAC_URL}, "system": {"pac": PAC_URL}},
+                             connect_to=lab.refused_crls() + ["oneocsp.microsoft.com:80:%s:%d" % refused_address()])
+    (first, _), _ = run_maps_twice(load_config(path))
+    assert first.maps.valid, first.maps
+    assert first.maps.revocation.count("ocsp http://oneocsp.microsoft.com/ocsp") == 2, first.maps.revocation
+    assert squid_log(to_ocsp, "oneocsp.microsoft.com/ocsp")
 
 
 def test_crl_blocked_names_the_entry_that_failed(tmp_path, lab_pki, lab_servers, squid_factory):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,13 @@ class ProbeEnv:
     # Where the probes log an unexpected error's traceback, once per type and target
     # (_net.UnexpectedErrors); a reload's new env takes over the running one's.
     errors: UnexpectedErrors = field(default_factory=UnexpectedErrors)
+
+    def with_system_routes(self, routes_for) -> "ProbeEnv":
+        """This env with AIA fetches routed per URL by `routes_for` (Assessor.system_routes_for), for
+        a system route that is a PAC, WPAD or fallback list rather than one path."""
+        if self.aia is None:
+            return self
+        return dataclasses.replace(self, aia=self.aia.with_routes(routes_for))
 
     @classmethod
     def from_config(cls, config: Config, *, trust: TrustStore | None = None,
