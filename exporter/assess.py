@@ -237,8 +237,8 @@ class Assessor:
         points. We model a fresh endpoint (empty cache: see docs/maps-validation.md), so:
         for the leaf the OCSP response the server stapled (`staple`, the bytes from the
         handshake; None when none was asked for), then for every certificate each OCSP
-        responder, then each distribution point, until one decides (good or revoked). The root is not checked
-        (CERT_CHAIN_REVOCATION_CHECK_CHAIN_EXCLUDE_ROOT). The certificates are checked
+        responder, then each distribution point, until one decides (good or revoked). The
+        root is not checked (CERT_CHAIN_REVOCATION_CHECK_CHAIN_EXCLUDE_ROOT). The certificates are checked
         concurrently; one whose check has not finished within `budget` seconds is
         "unreachable" (timed out). The cache model (cached_until) is computed alongside."""
         budget = job.budget.revocation(0.0) if budget is None else budget
@@ -320,7 +320,7 @@ class Assessor:
                 left = max(0.05, _left(deadline) - FETCH_MARGIN)
                 return left / (2 if len(failures) < sources - 1 else 1)
 
-            def nowhere(url: str, source: str) -> RevocationStatus:
+            def nowhere(url: str, source: Source) -> RevocationStatus:
                 failure = plans[url]
                 assert isinstance(failure, RouteFailure)
                 return RevocationStatus(Status.UNREACHABLE, url, f"{failure.reason}: {failure.detail}", source=source)
