@@ -18,10 +18,10 @@ cd "$(dirname "$0")/.."
 # python3-venv (the project's virtual environment), gcab + osslsigncode + cabextract
 # (certificate trust list cabinets, packed, signed and checked by real tools), jsonnet (renders
 # the monitoring mixin in mixin/), victoria-metrics (VictoriaMetrics, vmagent and vmalert for the
-# many-sites e2e test).
+# many-sites e2e test), openssl (`openssl s_server -status_file`: a MAPS server that staples OCSP).
 packages=(squid tinyproxy apache2 mitmproxy prometheus prometheus-alertmanager prometheus-node-exporter systemd
           chromium chromium-driver iproute2 util-linux ca-certificates python3-venv gcab osslsigncode cabextract
-          jsonnet victoria-metrics)
+          jsonnet victoria-metrics openssl)
 # Node.js and npm (tests/test_grafana_schema.py runs tsc): Debian's, unless the machine has its own.
 command -v npm >/dev/null || packages+=(nodejs npm)
 . tests/setup.sh
