@@ -112,6 +112,12 @@ class RevocationStatus:
     # good (or revoked): until when this answer may be used (nextUpdate; inf for a final CRL)
     valid_until: float | None = None
 
+    def __post_init__(self) -> None:
+        # Given as their values ("good", "ocsp"): the enums, so `is` comparisons hold; an unknown
+        # value fails here, where it is made.
+        object.__setattr__(self, "status", Status(self.status))
+        object.__setattr__(self, "source", Source(self.source))
+
 
 class CRLCache:
     def __init__(self, limits: Limits, connect_to: tuple[ConnectTo, ...]):
