@@ -1,10 +1,11 @@
 """How long one job may take: the one time budget, derived from the group's timeout.
 
-A job is a probe, then its assessment (the chain's CRLs, fetched on the system
-route). The group's `timeout` bounds the probe: each prober holds one deadline
-for all its phases, and a route that fails over to its next proxy tries it
-within what is left of that deadline (`spent`). The revocation stage then gets the group's timeout too, but
-never more than what ends the whole job within `timeout + ASSESSMENT_GRACE`
+A job is a probe, then its assessment (the chain's OCSP answers and CRLs,
+fetched on the system route). The group's `timeout` bounds the probe: each
+prober holds one deadline for all its phases, and a route that fails over to
+its next proxy tries it within what is left of that deadline (`spent`). The
+revocation stage then gets the group's timeout too, but never more than what
+ends the whole job within `timeout + ASSESSMENT_GRACE`
 (and at least MIN_REVOCATION seconds, so that a probe that used its whole
 timeout still gets its chain's CRLs asked once). Whoever waits for a job, the
 scheduler and /probe alike, gives up at `timeout + HARD_MARGIN`: later than
