@@ -38,6 +38,8 @@ log = logging.getLogger("exporter.crl")
 RECHECK_SECONDS = 15.0
 
 MAX_CACHED_CRLS = 64
+# cached_good_until's remembered verdicts: two or three per target's chain.
+MAX_GOOD_UNTIL_KEPT = 8192
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,11 @@ class CRLCache:
         self.documents: OrderedDict[str, CRLDocument] = OrderedDict()
         self.checks: dict[tuple[str, str], CRLCheck] = {}
         self.signature_ok: dict[tuple[bytes, bytes], bool] = {}
+        # cached_good_until's verdicts: (url, id(cert)) -> (cert, issuer, CRL digest, until). The same
+        # parsed certificates come back on every probe (Assessor._certificate), and a verdict on one
+        # CRL body changes only when its nextUpdate passes; holding cert and issuer keeps their ids.
+        self._good_until: OrderedDict[tuple[str, int], tuple[x509.Certificate, x509.Certificate | None,
+                                                            bytes, float | None]] = OrderedDict()
         self._in_flight: dict[tuple[str, str], asyncio.Task] = {}
         self.errors = UnexpectedErrors()  # the fetches' unexpected errors, logged once
 
@@ -228,8 +235,18 @@ class CRLCache:
         doc = self.documents.get(url)
         if doc is None:
             return None
-        status = self.judge(cert, issuer, CRLCheck(url, "", True, 0.0, now, 200, document=doc), now=now)
-        return status.valid_until if status.status is Status.GOOD else None
+        key = (url, id(cert))
+        known = self._good_until.get(key)
+        if known is not None and known[0] is cert and known[1] is issuer and known[2] == doc.digest:
+            until = known[3]
+        else:
+            status = self.judge(cert, issuer, CRLCheck(url, "", True, 0.0, now, 200, document=doc), now=now)
+            until = status.valid_until if status.status is Status.GOOD else None
+            self._good_until[key] = (cert, issuer, doc.digest, until)
+            if len(self._good_until) > MAX_GOOD_UNTIL_KEPT:
+                self._good_until.popitem(last=False)
+        # A good verdict lasts until the CRL's nextUpdate (until), after which it is stale.
+        return until if until is not None and now <= until else None
 
     def _signature_ok(self, doc: CRLDocument, issuer: x509.Certificate) -> bool:
         # Keyed by the CRL's digest, so a signature is checked once per CRL body and issuer.

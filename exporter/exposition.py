@@ -14,8 +14,10 @@ Why a cache: formatting every sample of every job on every scrape costs about
 samples of the per-target families once, when the job's result changes
 (`ResultStore.listeners`), and keeps them until it changes again; each
 fragment also keeps a compressed copy of itself (a sync-flushed deflate
-piece), and a gzip body is one gzip member framing the pieces, whose CRC is
-computed as the scrape streams by. The fragments are kept in columns, one list
+piece, made by the first gzip scrape that needs it, so a fragment replaced
+before anyone asked for it in gzip is never compressed), and a gzip body is
+one gzip member framing the pieces, whose CRC is computed as the scrape
+streams by. The fragments are kept in columns, one list
 per family in job order, so a scrape is a few hundred b"".join() calls over
 list slices (C speed), not a Python loop over every job of every family.
 """
@@ -183,6 +185,7 @@ class ExpositionCache:
         self.rendered: list[int] = []  # per position: the key version its lines show
         self.texts: list[list[bytes]] = [[] for _ in range(_COLUMN_COUNT)]
         self.pieces: list[list[bytes]] = [[] for _ in range(_COLUMN_COUNT)]
+        self._uncompressed: set[tuple[int, int]] = set()  # (column, position) whose piece is still to make
         self._headers = tuple(FORMATS[spec.name].header.encode() for spec in _COLUMNS)
         self._gz_headers = tuple(_gz(h) for h in self._headers)
         store.listeners.append(self.update)
@@ -190,6 +193,7 @@ class ExpositionCache:
     def _layout(self) -> None:
         """Positions for the store's current jobs; lines of jobs that stay are kept."""
         store = self.store
+        self._compress()  # positions are about to move (a reload: rare), pieces with them
         old_position, old_rendered, old_texts, old_pieces = self.position, self.rendered, self.texts, self.pieces
         keys = list(store.jobs)
         self.position = {key: i for i, key in enumerate(keys)}
@@ -220,8 +224,16 @@ class ExpositionCache:
             column = self.texts[f]
             if column[i] != text:
                 column[i] = text
-                self.pieces[f][i] = _gz(text) if text else b""
+                self.pieces[f][i] = b""
+                if text:
+                    self._uncompressed.add((f, i))
         self.rendered[i] = store.key_versions.get(key, 0)
+
+    def _compress(self) -> None:
+        """Make the deflate pieces of the fragments that changed since the last gzip scrape."""
+        for f, i in self._uncompressed:
+            self.pieces[f][i] = _gz(self.texts[f][i])
+        self._uncompressed.clear()
 
     def chunks(self, live: Iterable[Sample], *, gzip: bool) -> Iterator[bytes]:
         """The whole body in pieces (b"".join() of them is the body) of at most
@@ -240,6 +252,8 @@ class ExpositionCache:
         # Everything below reads this snapshot (the column lists are replaced,
         # never resized, by a reload; a slice copies), so writing the body,
         # which yields to the loop, cannot mix two moments.
+        if gzip:
+            self._compress()
         count = len(self.position)
         texts = [list(column) for column in self.texts]
         pieces = [list(column) for column in self.pieces] if gzip else None

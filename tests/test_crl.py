@@ -96,6 +96,25 @@ def test_changed_crl_is_downloaded_again(lab_pki, issuing_crl, monkeypatch):
     assert server.not_modified(_path(url)) == 0
 
 
+def test_the_cached_copys_verdict_follows_a_new_crl_and_its_next_update(lab_pki, issuing_crl, monkeypatch):
+    """cached_good_until (the endpoint cache model) remembers its verdict per certificate and CRL
+    body: a new body that revokes the certificate, or the body's nextUpdate passing, ends it."""
+    monkeypatch.setattr(exporter.crl, "RECHECK_SECONDS", 0)
+    server, url = issuing_crl
+    cache = _cache_for(server, "crl.microsoft.com")
+    leaf = lab_pki.issue_leaf("wdcp.microsoft.com")
+    issuer = lab_pki.issuing.cert
+    first = run(cache.check(url, SYSTEM, 3))
+    now = first.checked_at
+    until = cache.cached_good_until(leaf.cert, issuer, url, now)
+    assert until == first.document.next_update > now
+    assert cache.cached_good_until(leaf.cert, issuer, url, now + 1) == until  # remembered
+    assert cache.cached_good_until(leaf.cert, issuer, url, until + 1) is None  # stale by then
+    server.set_file(_path(url), lab_pki.make_crl("issuing", revoked_serials=[leaf.serial], crl_number=2))
+    run(cache.check(url, SYSTEM, 3))
+    assert cache.cached_good_until(leaf.cert, issuer, url, now) is None
+
+
 def test_concurrent_checks_share_one_request(issuing_crl):
     server, url = issuing_crl
     cache = _cache_for(server, "crl.microsoft.com")
