@@ -16,6 +16,7 @@ or not (as Go's httptrace, and so blackbox_exporter, report it).
 from __future__ import annotations
 
 import email.utils
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -94,13 +95,20 @@ def _is_http_date(value: str | None) -> bool:
 def request_bytes(parser: h11.Connection, method: str, target: str,
                   headers: Sequence[tuple[str, str]], body: bytes = b"") -> bytes:
     """The request as h11 frames it (it checks names and values, and Host)."""
-    fields = list(headers)
+    fields = tuple(headers)
     if body or method in ("POST", "PUT"):
-        fields.append(("Content-Length", str(len(body))))
-    data = parser.send(h11.Request(method=method, target=target, headers=fields))
+        fields += (("Content-Length", str(len(body))),)
+    data = parser.send(_request_event(method, target, fields))
     if body:
         data += parser.send(h11.Data(data=body))
     return data + (parser.send(h11.EndOfMessage()) or b"")
+
+
+@functools.lru_cache(maxsize=4096)
+def _request_event(method: str, target: str, fields: tuple[tuple[str, str], ...]) -> h11.Request:
+    """h11's Request for these values, checked (names, values, Host) once: a target's probe sends
+    the same request every interval, and h11's events are immutable, so one serves every probe."""
+    return h11.Request(method=method, target=target, headers=list(fields))
 
 
 def new_parser(limits: Limits) -> h11.Connection:
