@@ -209,3 +209,24 @@ def test_a_failed_handshake_has_the_same_reason_as_with_the_standard_library(tmp
         assert not outcome.probe.success
         reasons[group] = (outcome.probe.reason, outcome.probe.detail.split(":")[0])
     assert reasons["maps"] == reasons["update"], reasons
+
+
+def test_a_stapling_connection_is_freed_without_the_garbage_collector():
+    """StaplingTLS and OpenSSL's connection form no reference cycle: its C memory (the SSL object)
+    goes with the last reference, whatever the exporter's collection policy (gcpolicy.py)."""
+    import gc
+    import ssl
+    import weakref
+
+    from exporter.probes._staple import StaplingContext
+
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        tls = StaplingContext().wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="wdcp.microsoft.com")
+        ref = weakref.ref(tls)
+        del tls
+        assert ref() is None
+    finally:
+        if was_enabled:
+            gc.enable()

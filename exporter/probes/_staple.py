@@ -59,7 +59,7 @@ class StaplingContext(ssl.SSLContext):
 
 
 def _keep_staple(connection: SSL.Connection, staple: bytes, _data) -> bool:
-    connection.get_app_data().ocsp_staple = bytes(staple)
+    connection.get_app_data()[0] = bytes(staple)
     return True
 
 
@@ -71,14 +71,21 @@ class StaplingTLS:
                  server_hostname: str | None) -> None:
         self._incoming, self._outgoing = incoming, outgoing
         self._conn = SSL.Connection(context, None)
-        self._conn.set_app_data(self)
+        # Where the callback leaves the staple: a box of its own, not this object, so that the
+        # connection and this wrapper form no reference cycle (freed at once, not by the GC).
+        self._staple: list[bytes] = [b""]
+        self._conn.set_app_data(self._staple)
         self._conn.set_connect_state()
         if server_hostname and not _is_address(server_hostname):
             self._conn.set_tlsext_host_name(server_hostname.encode("idna"))
         self._conn.request_ocsp()
         self.server_hostname = server_hostname
         self.server_side = False
-        self.ocsp_staple = b""
+
+    @property
+    def ocsp_staple(self) -> bytes:
+        """The OCSP response the server stapled (DER, unverified); b"" if it sent none."""
+        return self._staple[0]
 
     # ------------------------------------------------------------------ the SSLObject surface
 
